@@ -1,0 +1,47 @@
+"""The few exception types vidtune raises for problems a user can fix.
+
+Each carries where the problem is (a file, and a record in it when there is one) and what to do, so the
+message a rule prints is enough to act on without reading a traceback.
+"""
+
+from __future__ import annotations
+
+
+class VidtuneError(Exception):
+    """A problem the user can fix: names the file, the record and the fix."""
+
+    def __init__(self, problem: str, *, file: str | None = None, record: str | None = None,
+                 fix: str | None = None):
+        self.problem = problem
+        self.file = None if file is None else str(file)
+        self.record = record
+        self.fix = fix
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        where = ""
+        if self.file:
+            where = f"{self.file}"
+            if self.record:
+                where += f" (record {self.record})"
+            where += ": "
+        message = where + self.problem
+        if self.fix:
+            message += f". What to do: {self.fix}"
+        return message
+
+
+class ConfigError(VidtuneError):
+    """The workflow configuration is wrong (unknown key, wrong type, missing path, bad reference)."""
+
+
+class DataError(VidtuneError):
+    """An input data file cannot be used as a whole (not valid JSON/CSV, no usable sample left)."""
+
+
+class MediaError(VidtuneError):
+    """One video or image cannot be decoded; the sample is rejected with this reason."""
+
+
+class ModelError(VidtuneError):
+    """A model folder is not a usable model, or a trained/merged model failed its own check."""
