@@ -1,0 +1,315 @@
+"""Model, processor and the one prompt format shared by training, merging, prediction and the CLI.
+
+Everything that turns (frames or an image, a prompt, an optional answer) into model inputs lives here, so
+a model is always asked the same way it was trained: the model folder's own chat template, video frames
+as ``Frame1: <image>\\nFrame2: <image>...`` with one tile each (InternVL's video expansion), images with up
+to ``max_dynamic_patch`` tiles plus a thumbnail (InternVL's dynamic tiling).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor, InternVLConfig, InternVLProcessor
+from transformers.processing_utils import ProcessorMixin
+from transformers.utils import is_torchvision_available
+
+from vidtune.errors import DataError, MediaError, ModelError
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+# Placeholders InternVL's own JSONL uses in the human turn.
+VIDEO_PLACEHOLDER = "<video>"
+IMAGE_PLACEHOLDER = "<image>"
+# Modules never quantised by QLoRA (full module paths; bitsandbytes matches short names too loosely).
+QLORA_SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
+_FRAME_NUMBER = re.compile(r"_(\d+)\.jpe?g$", re.IGNORECASE)
+
+
+# --- Processor ---------------------------------------------------------------------------------------------
+
+class InternVLImageOnlyProcessor(InternVLProcessor):
+    """InternVLProcessor without a video processor (which needs torchvision): frames go in as images.
+
+    The folder it saves still names ``InternVLProcessor``, so the stock processor loads it where
+    torchvision is installed.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, image_seq_length: int = 256, chat_template=None,
+                 **kwargs):
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
+        self.image_seq_length = image_seq_length
+        self.start_image_token = tokenizer.start_image_token
+        self.end_image_token = tokenizer.end_image_token
+        self.start_image_token_id = tokenizer.start_image_token_id
+        self.end_image_token_id = tokenizer.end_image_token_id
+        self.image_token = tokenizer.context_image_token
+        self.video_token = tokenizer.video_token
+        self.image_token_id = tokenizer.context_image_token_id
+        self.multimodal_pattern = re.compile(
+            f"(?P<image>{re.escape(self.image_token)})|(?P<video>{re.escape(self.video_token)})")
+
+    def save_pretrained(self, save_directory, **kwargs):
+        result = super().save_pretrained(save_directory, **kwargs)
+        _name_stock_processor(Path(save_directory))
+        return result
+
+
+AutoProcessor.register(InternVLConfig, InternVLImageOnlyProcessor, exist_ok=True)
+
+
+def _name_stock_processor(folder: Path) -> None:
+    """Make the saved configs name the stock InternVLProcessor (and its video processor)."""
+    import json
+
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        path = folder / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            if "processor_class" in data or name == "processor_config.json":
+                data["processor_class"] = "InternVLProcessor"
+                path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    video_config = folder / "video_preprocessor_config.json"
+    if not video_config.exists():
+        image = json.loads((folder / "preprocessor_config.json").read_text()) \
+            if (folder / "preprocessor_config.json").is_file() else {}
+        size = image.get("size", {"height": 448, "width": 448})
+        video_config.write_text(json.dumps({
+            "video_processor_type": "InternVLVideoProcessor", "processor_class": "InternVLProcessor",
+            "do_resize": True, "size": size, "do_rescale": True, "rescale_factor": 1 / 255,
+            "do_normalize": True, "image_mean": image.get("image_mean", [0.485, 0.456, 0.406]),
+            "image_std": image.get("image_std", [0.229, 0.224, 0.225]), "do_convert_rgb": True,
+            "initial_shift": True, "do_sample_frames": False,
+        }, indent=2, sort_keys=True) + "\n")
+
+
+def load_processor(path: str | Path):
+    """The stock AutoProcessor where its video processor is usable, else the image-only InternVL processor."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError("model folder not found", file=path, fix="check the model path in the config")
+    try:
+        if is_torchvision_available():
+            return AutoProcessor.from_pretrained(path)
+        return InternVLImageOnlyProcessor.from_pretrained(path)
+    except (OSError, ValueError, KeyError, AttributeError) as error:
+        raise ModelError(f"cannot load the processor: {error}", file=path,
+                         fix="the folder needs the tokenizer and preprocessor files of an InternVL checkpoint") \
+            from error
+
+
+# --- Model -------------------------------------------------------------------------------------------------
+
+def quantization_config(dtype: torch.dtype = torch.bfloat16):
+    """QLoRA's 4-bit nf4 with double quantisation; vision tower, projector and lm_head stay unquantised."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=QLORA_SKIP_MODULES)
+
+
+def check_model_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ModelError("not a model folder (no config.json)", file=path,
+                         fix="point the config at a transformers checkpoint folder (e.g. InternVL3-8B-hf)")
+    if not any(path.glob("*.safetensors")) and not (path / "model.safetensors.index.json").is_file():
+        raise ModelError("no safetensors weights in the model folder", file=path,
+                         fix="convert the checkpoint to safetensors; pickled .bin weights are not loaded")
+    return path
+
+
+def load_model(path: str | Path, *, trust_remote_code: bool = False, quantization: str | None = None,
+               dtype: torch.dtype | str | None = None):
+    """Load an InternVL (or any image-text-to-text) checkpoint from safetensors; ``quantization="nf4"`` = QLoRA."""
+    path = check_model_dir(path)
+    if trust_remote_code:
+        log.warning("trust_remote_code is on: Python code from %s will run", path)
+    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code,
+                              "dtype": dtype if dtype is not None else "auto"}
+    if quantization is not None:
+        if quantization != "nf4":
+            raise ModelError(f"unknown quantization {quantization!r}", file=path, fix="use nf4 or none")
+        compute = dtype if isinstance(dtype, torch.dtype) else torch.bfloat16
+        kwargs["quantization_config"] = quantization_config(compute)
+        kwargs["dtype"] = compute
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelError(f"cannot load the model: {error}", file=path) from error
+    if quantization is not None:
+        _disable_avx512bf16_repack(model)
+    return model
+
+
+def _disable_avx512bf16_repack(model) -> None:
+    # On CPUs with AVX512-BF16 an eval forward repacks 4-bit weights in place, which breaks later training steps.
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+# --- Prompt format -----------------------------------------------------------------------------------------
+
+def build_messages(prompt: str, media_type: str, num_images: int, target: str | None = None) -> list[dict]:
+    """The conversation for one sample: frames as ``Frame<i>: <image>`` lines for video, images first."""
+    if media_type not in ("video", "image"):
+        raise ValueError(f"media_type must be video or image, not {media_type!r}")
+    content: list[dict] = []
+    for index in range(num_images):
+        if media_type == "video":
+            content.append({"type": "text", "text": f"Frame{index + 1}: "})
+        content.append({"type": "image"})
+    content.append({"type": "text", "text": prompt})
+    messages = [{"role": "user", "content": content}]
+    if target is not None:
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": target}]})
+    return messages
+
+
+def _images_kwargs(media_type: str, max_dynamic_patch: int) -> dict:
+    if media_type == "video":
+        return {"crop_to_patches": False}
+    return {"crop_to_patches": max_dynamic_patch > 1, "max_patches": max_dynamic_patch}
+
+
+def encode_sample(processor, images: Sequence[Image.Image], prompt: str, target: str | None = None, *,
+                  media_type: str = "video", max_dynamic_patch: int = 6) -> dict[str, torch.Tensor]:
+    """Model inputs for one sample: 1-D input_ids/attention_mask (+labels with a target), pixel_values.
+
+    Labels are -100 everywhere but the assistant's answer and the end-of-turn token that closes it.
+    Without a target the text ends with the assistant header, ready for generation.
+    """
+    template = processor.apply_chat_template
+    prompt_text = template(build_messages(prompt, media_type, len(images)), add_generation_prompt=True)
+    kwargs = {"images_kwargs": _images_kwargs(media_type, max_dynamic_patch), "return_tensors": "pt"}
+    prompt_inputs = processor(images=list(images), text=prompt_text, **kwargs)
+    if target is None:
+        return {"input_ids": prompt_inputs["input_ids"][0], "attention_mask": prompt_inputs["attention_mask"][0],
+                "pixel_values": prompt_inputs["pixel_values"]}
+    full_text = template(build_messages(prompt, media_type, len(images), target))
+    if not full_text.startswith(prompt_text):
+        raise ModelError("the chat template does not render the answer after the generation prompt",
+                         fix="use a chat template whose add_generation_prompt output prefixes the full turn")
+    full = processor(images=list(images), text=full_text, **kwargs)
+    input_ids = full["input_ids"][0]
+    num_prompt = prompt_inputs["input_ids"].shape[1]
+    if not torch.equal(input_ids[:num_prompt], prompt_inputs["input_ids"][0]):
+        raise ModelError("the prompt tokenises differently inside the full conversation",
+                         fix="end the chat template's generation prompt with a newline or special token")
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    answer_end = len(input_ids)
+    end_ids = _end_of_turn_ids(processor.tokenizer)
+    for position in range(num_prompt, len(input_ids)):
+        if int(input_ids[position]) in end_ids:
+            answer_end = position + 1
+            break
+    labels[num_prompt:answer_end] = input_ids[num_prompt:answer_end]
+    return {"input_ids": input_ids, "attention_mask": full["attention_mask"][0], "labels": labels,
+            "pixel_values": full["pixel_values"]}
+
+
+def _end_of_turn_ids(tokenizer) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    return {i for i in ids if i is not None}
+
+
+def collate(samples: Sequence[dict[str, torch.Tensor]], pad_token_id: int, padding_side: str = "right") \
+        -> dict[str, torch.Tensor]:
+    """Pad encoded samples into a batch (left padding for generation) and stack their tiles."""
+    length = max(len(sample["input_ids"]) for sample in samples)
+    fills = {"input_ids": pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+    batch: dict[str, torch.Tensor] = {}
+    for key, fill in fills.items():
+        if key not in samples[0]:
+            continue
+        rows = []
+        for sample in samples:
+            pad = torch.full((length - len(sample[key]),), fill, dtype=sample[key].dtype)
+            rows.append(torch.cat([pad, sample[key]] if padding_side == "left" else [sample[key], pad]))
+        batch[key] = torch.stack(rows)
+    batch["pixel_values"] = torch.cat([sample["pixel_values"] for sample in samples])
+    return batch
+
+
+def tokens_per_tile(processor) -> int:
+    return int(processor.image_seq_length)
+
+
+# --- InternVL-format records -------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RecordText:
+    """The text side of one InternVL JSONL record."""
+
+    media_type: str
+    prompt: str          # the human turn without media placeholders
+    target: str | None   # the first gpt turn, if any
+    placeholders: int    # how many media placeholders the human turn had
+
+
+def record_text(record: dict, file: str | None = None) -> RecordText:
+    record_id = str(record.get("id"))
+    if "video" in record:
+        media_type, placeholder = "video", VIDEO_PLACEHOLDER
+    elif "image" in record:
+        media_type, placeholder = "image", IMAGE_PLACEHOLDER
+    else:
+        raise DataError("record has neither video nor image", file=file, record=record_id,
+                        fix="write InternVL JSONL with a video (frame folder) or image key")
+    conversations = record.get("conversations") or []
+    human = next((turn["value"] for turn in conversations if turn.get("from") == "human"), None)
+    if human is None:
+        raise DataError("record has no human turn", file=file, record=record_id)
+    gpt = next((turn["value"] for turn in conversations if turn.get("from") == "gpt"), None)
+    placeholders = human.count(placeholder)
+    prompt = human.replace(placeholder, "").strip()
+    return RecordText(media_type, prompt, gpt, placeholders)
+
+
+def _frame_number(path: Path) -> int:
+    match = _FRAME_NUMBER.search(path.name)
+    return int(match.group(1)) if match else -1
+
+
+def record_media_paths(record: dict, root: str | Path) -> list[Path]:
+    """Frame files of a video record (sorted by their ``_<number>.jpg`` suffix) or the image of an image record."""
+    root = Path(root)
+    if "video" in record:
+        folder = root / record["video"]
+        if not folder.is_dir():
+            return []
+        frames = [path for path in folder.iterdir() if _frame_number(path) >= 0]
+        return sorted(frames, key=_frame_number)
+    path = root / record["image"]
+    return [path] if path.is_file() else []
+
+
+def load_record_media(record: dict, root: str | Path) -> list[Image.Image]:
+    """The record's frames (video) or its image, as RGB PIL images."""
+    paths = record_media_paths(record, root)
+    if not paths:
+        media = record.get("video", record.get("image"))
+        raise MediaError("media not found (no frames in the folder, or no image file)",
+                         file=str(Path(root) / str(media)), record=str(record.get("id")),
+                         fix="re-run frame extraction, or fix the dataset root")
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        except OSError as error:
+            raise MediaError(f"cannot decode: {error}", file=str(path), record=str(record.get("id"))) from error
+    return images

@@ -1,0 +1,139 @@
+"""A tiny, randomly initialised InternVL of the real architecture, built locally for demos and tests.
+
+transformers' ``InternVLForConditionalGeneration`` with a small Qwen2 text model, a byte-level BPE tokenizer
+trained here on a built-in English corpus of the demo vocabulary (any text still encodes), a Qwen-style chat
+template, and the processor configs: the folder loads exactly like a real InternVL3-hf checkpoint.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (GenerationConfig, InternVLConfig, InternVLForConditionalGeneration,
+                          PreTrainedTokenizerFast, Qwen2Config)
+from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
+
+from vidtune.atomic import atomic_dir
+from vidtune.modeling import InternVLImageOnlyProcessor
+
+DEFAULTS = {"image_size": 64, "patch_size": 8, "vision_hidden_size": 64, "vision_layers": 2,
+            "text_hidden_size": 64, "text_layers": 2, "seed": 0}
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+VOCAB_SIZE = 1024
+DOWNSAMPLE_RATIO = 0.5
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+COLOURS = ["red", "green", "blue", "yellow", "orange", "purple", "white", "black", "pink", "cyan", "magenta",
+           "gray", "brown"]
+SHAPES = ["circle", "square", "triangle", "box", "dot", "star"]
+MOTIONS = ["moves left", "moves right", "moves up", "moves down", "stays still", "rotates", "bounces"]
+
+# Qwen/InternVL-style turns; images render as <IMG_CONTEXT> (the processor expands them), and the assistant's
+# answer with its end-of-turn token sits in a generation block so assistant-token masks come out right.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>' -}}"
+    "{%- endgeneration -%}"
+    "{{- '\\n' -}}"
+    "{%- else -%}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{{- '<IMG_CONTEXT>\\n' -}}"
+    "{%- elif part['type'] == 'video' -%}{{- '<video>\\n' -}}"
+    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+
+def tiny_corpus() -> list[str]:
+    """The tokenizer's training text: the demo vocabulary in every combination, plus common caption words."""
+    lines = (Path(__file__).with_name("tiny_corpus.txt")).read_text(encoding="utf-8").splitlines()
+    lines += [f"a {colour} {shape} {motion}" for colour, shape, motion in
+              itertools.product(COLOURS, SHAPES, MOTIONS)]
+    return lines
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(tiny_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+        extra_special_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
+                              "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"},
+        model_max_length=8192, padding_side="left", chat_template=CHAT_TEMPLATE)
+
+
+def model_config(settings: dict, tokenizer: PreTrainedTokenizerFast) -> InternVLConfig:
+    s = {**DEFAULTS, **settings}
+    if s["image_size"] % s["patch_size"] or (s["image_size"] // s["patch_size"]) % 2:
+        raise ValueError("image_size / patch_size must be an even whole number (the projector halves it)")
+    vision = InternVLVisionConfig(
+        hidden_size=s["vision_hidden_size"], num_hidden_layers=s["vision_layers"],
+        num_attention_heads=max(1, s["vision_hidden_size"] // 32), intermediate_size=4 * s["vision_hidden_size"],
+        image_size=s["image_size"], patch_size=s["patch_size"], norm_type="layer_norm")
+    text = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=s["text_hidden_size"], num_hidden_layers=s["text_layers"],
+        num_attention_heads=max(2, s["text_hidden_size"] // 32), num_key_value_heads=1,
+        intermediate_size=3 * s["text_hidden_size"], max_position_embeddings=8192, tie_word_embeddings=True,
+        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return InternVLConfig(
+        vision_config=vision, text_config=text, downsample_ratio=DOWNSAMPLE_RATIO,
+        image_token_id=tokenizer.context_image_token_id, image_seq_length=image_seq_length(s),
+        tie_word_embeddings=True)
+
+
+def image_seq_length(settings: dict) -> int:
+    s = {**DEFAULTS, **settings}
+    return int((s["image_size"] // s["patch_size"]) ** 2 * DOWNSAMPLE_RATIO ** 2)
+
+
+def build_processor(settings: dict, tokenizer: PreTrainedTokenizerFast) -> InternVLImageOnlyProcessor:
+    s = {**DEFAULTS, **settings}
+    image_processor = GotOcr2ImageProcessorPil(
+        size={"height": s["image_size"], "width": s["image_size"]}, crop_to_patches=False, min_patches=1,
+        max_patches=12, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, do_convert_rgb=True)
+    return InternVLImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                      image_seq_length=image_seq_length(s), chat_template=CHAT_TEMPLATE)
+
+
+def build_tiny_model(out_dir: Path, settings: dict) -> None:
+    """Write a tiny InternVL checkpoint folder (safetensors, tokenizer, processor, chat template) to out_dir.
+
+    The same settings always give identical weights (they come from ``settings["seed"]``).
+    """
+    settings = {**DEFAULTS, **settings}
+    tokenizer = build_tokenizer()
+    config = model_config(settings, tokenizer)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(settings["seed"])
+    try:
+        model = InternVLForConditionalGeneration(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False)
+    with atomic_dir(out_dir) as temp:
+        model.save_pretrained(temp, safe_serialization=True)
+        build_processor(settings, tokenizer).save_pretrained(temp)
