@@ -23,6 +23,12 @@ def _temp_sibling(path: Path, directory: bool = False) -> Path:
     return Path(name)
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
@@ -36,6 +42,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield temp
         _fsync_file(temp)
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual mode
         os.replace(temp, target)
     except BaseException:
         temp.unlink(missing_ok=True)
@@ -49,6 +56,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     temp = _temp_sibling(target, directory=True)
     try:
         yield temp
+        os.chmod(temp, 0o777 & ~_umask())
         if target.exists():
             shutil.rmtree(target)
         os.replace(temp, target)

@@ -1,0 +1,49 @@
+# vidtune: raw video/image caption datasets -> canonical samples -> splits -> frames -> InternVL files
+# -> training -> merged model -> predictions (base and finetuned) -> caption metrics -> report.
+#
+# Targets: prepare_all (data up to JSONL + meta.json), train_all (everything), evaluate_all (metrics).
+# The rules are in pipeline order under rules/; their logic lives in the vidtune package (src/vidtune).
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+# report: "workflow/report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/ingest.smk"
+include: "rules/split.smk"
+include: "rules/frames.smk"
+include: "rules/internvl.smk"
+include: "rules/base_model.smk"
+include: "rules/train.smk"
+include: "rules/merge.smk"
+include: "rules/predict.smk"
+include: "rules/score.smk"
+include: "rules/report.smk"
+
+
+rule prepare_all:
+    default_target: True
+    input:
+        expand(rules.run_meta.output.meta, run=RUNS),
+        expand(rules.internvl_files.output.summary, dataset=USED_DATASETS),
+
+
+rule train_all:
+    input:
+        expand(rules.score.output.metrics, run=RUNS),
+        expand(rules.merge.output.model, run=RUNS),
+        rules.runs_table.output.table,
+
+
+rule evaluate_all:
+    input:
+        expand(rules.score.output.metrics, run=RUNS),
+        rules.runs_table.output.table,

@@ -1,0 +1,27 @@
+# Merge the trained adapter into the base model and check the merged model against the adapter model.
+
+
+rule merge:
+    input:
+        base=run_model_folder,
+        trained=rules.train.output.final,
+        check=dataset_split_file("train"),
+    output:
+        model=directory(f"{RESULTS}/runs/{{run}}/merged"),
+        check=f"{RESULTS}/runs/{{run}}/merge_check.json",
+    params:
+        trust_remote_code=lambda wildcards: config["models"][run_config(wildcards)["model"]][
+            "trust_remote_code"
+        ],
+    log:
+        f"{RESULTS}/logs/merge/{{run}}.log",
+    message:
+        "Merging the adapter of run {wildcards.run} into its base model"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 32000 * attempt,
+        runtime=60,
+    conda:
+        "../envs/vidtune.yaml"
+    script:
+        "../workflow/scripts/merge.py"

@@ -1,0 +1,28 @@
+# Predict the evaluation split with the base model and with the merged finetuned model: the same frames,
+# prompt, chat template and generation settings for both.
+
+
+rule predict:
+    input:
+        model=predict_model,
+        records=evaluation_files,
+    output:
+        predictions=f"{RESULTS}/runs/{{run}}/predictions/{{which}}.jsonl",
+    params:
+        evaluation=lambda wildcards: run_config(wildcards)["evaluation"],
+        trust_remote_code=lambda wildcards: config["models"][run_config(wildcards)["model"]][
+            "trust_remote_code"
+        ],
+    log:
+        f"{RESULTS}/logs/predict/{{run}}/{{which}}.log",
+    message:
+        "Predicting run {wildcards.run} with the {wildcards.which} model"
+    threads: run_threads("evaluation")
+    resources:
+        gpu=run_gpus("evaluation"),
+        mem_mb=lambda wildcards, attempt: 16000 * attempt,
+        runtime=lambda wildcards, attempt: 120 * attempt,
+    conda:
+        "../envs/vidtune.yaml"
+    script:
+        "../workflow/scripts/predict.py"

@@ -1,0 +1,22 @@
+# Assign each sample to train/val/test from a hash of (seed, group key); official splits win.
+
+
+rule split:
+    input:
+        samples=rules.ingest.output.samples,
+    output:
+        table=f"{RESULTS}/datasets/{{dataset}}/split.parquet",
+    params:
+        split=lambda wildcards: config["datasets"][wildcards.dataset]["split"],
+    log:
+        f"{RESULTS}/logs/split/{{dataset}}.log",
+    message:
+        "Splitting dataset {wildcards.dataset}"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/vidtune.yaml"
+    script:
+        "../workflow/scripts/split.py"

@@ -1,0 +1,69 @@
+"""Checks on the workflow configuration that a JSON schema cannot express.
+
+The schema (workflow/schemas/config.schema.yaml) checks keys and types; this module checks what the keys
+refer to: datasets and models that runs name, folders that must exist, model folders that must be models.
+Both run when the workflow is parsed, so a bad config fails before any job starts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vidtune.errors import ConfigError
+
+# Dataset formats whose files the workflow generates itself, so they need not exist at parse time.
+GENERATED_FORMATS = {"demo"}
+
+
+def check_config(config: dict, config_file: str = "config") -> None:
+    """Raise :class:`ConfigError` naming the key at fault, or return quietly."""
+    datasets, models, runs = config["datasets"], config["models"], config["runs"]
+    for name, dataset in datasets.items():
+        if dataset["format"] in GENERATED_FORMATS:
+            continue
+        root = Path(dataset["root"])
+        if not root.is_dir():
+            raise ConfigError(f"datasets.{name}.root: folder {root} does not exist", file=config_file,
+                              fix="point root at the dataset's folder (absolute, or relative to the "
+                                  "working directory)")
+        annotations = dataset.get("annotations")
+        if annotations and not Path(annotations).is_file():
+            raise ConfigError(f"datasets.{name}.annotations: file {annotations} does not exist",
+                              file=config_file, fix="point annotations at the dataset's annotation file")
+    for name, model in models.items():
+        if "path" in model:
+            check_model_folder(model["path"], f"models.{name}.path", config_file)
+    for name, run in runs.items():
+        for dataset in run["datasets"]:
+            if dataset not in datasets:
+                raise ConfigError(
+                    f"runs.{name}.datasets names '{dataset}', which is not defined under datasets",
+                    file=config_file, fix=f"define datasets.{dataset} or use one of: {', '.join(datasets)}")
+        if run["model"] not in models:
+            raise ConfigError(f"runs.{name}.model names '{run['model']}', which is not defined under models",
+                              file=config_file, fix=f"define models.{run['model']} or use one of: "
+                                                    f"{', '.join(models)}")
+        if run["evaluation"]["split"] == "val" and all(datasets[d]["split"]["val"] == 0 for d in run["datasets"]):
+            raise ConfigError(f"runs.{name}.evaluation.split is val but every dataset has a val ratio of 0",
+                              file=config_file, fix="give a dataset a val ratio or evaluate on test")
+
+
+def check_model_folder(path: str | Path, key: str, config_file: str = "config") -> None:
+    """A model folder must hold a transformers config.json with a model_type, and weights."""
+    folder = Path(path)
+    config_json = folder / "config.json"
+    if not folder.is_dir():
+        raise ConfigError(f"{key}: model folder {folder} does not exist", file=config_file,
+                          fix="give the path of a local checkpoint folder (nothing is downloaded)")
+    try:
+        model_type = json.loads(config_json.read_text()).get("model_type")
+    except (OSError, ValueError):
+        model_type = None
+    if not model_type:
+        raise ConfigError(f"{key}: {folder} is not a model folder (no config.json with a model_type)",
+                          file=config_file, fix="point it at a transformers checkpoint folder, such as a "
+                                                "local copy of OpenGVLab/InternVL3-8B-hf")
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.safetensors.index.json")):
+        raise ConfigError(f"{key}: {folder} has no .safetensors weights", file=config_file,
+                          fix="convert the checkpoint to safetensors; pickled weights are not loaded")

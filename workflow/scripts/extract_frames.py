@@ -1,0 +1,16 @@
+"""Extract the frames of one shard's media items missing from the frame cache (rule extract_frames)."""
+
+from vidtune.runtime import start_script
+
+log = start_script(snakemake, "extract_frames")  # noqa: F821 - injected by Snakemake
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from vidtune.atomic import write_json  # noqa: E402
+from vidtune.frames import extract_shard  # noqa: E402
+
+manifest = json.loads(Path(snakemake.input.manifest).read_text(encoding="utf-8"))
+index = extract_shard(manifest, cache_root=Path(snakemake.params.cache), workers=snakemake.threads, log=log)
+write_json(snakemake.output.index, index)
+log.info("summary: %s", index["summary"])

@@ -1,0 +1,17 @@
+"""Raw annotations of one dataset -> canonical sample table, rejects and a summary (rule ingest)."""
+
+from vidtune.runtime import start_script
+
+log = start_script(snakemake, "ingest")  # noqa: F821 - injected by Snakemake
+
+from vidtune.atomic import write_json, write_jsonl  # noqa: E402
+from vidtune.ingest import ingest_dataset  # noqa: E402
+from vidtune.samples import write_table  # noqa: E402
+
+result = ingest_dataset(snakemake.wildcards.dataset, snakemake.params.dataset)
+for reject in result.rejects:
+    log.warning("rejected %s (record %s): %s", reject.file, reject.record, reject.reason)
+write_jsonl(snakemake.output.rejects, [reject.as_dict() for reject in result.rejects])
+write_json(snakemake.output.summary, result.summary)
+write_table(snakemake.output.samples, result.samples)
+log.info("%d samples, %d rejects", len(result.samples), len(result.rejects))

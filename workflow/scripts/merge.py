@@ -1,0 +1,18 @@
+"""Merge the trained adapter into the base model and verify the result (rule merge)."""
+
+from vidtune.runtime import start_script
+
+log = start_script(snakemake, "merge")  # noqa: F821 - injected by Snakemake
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from vidtune.merge import merge  # noqa: E402
+
+check_records = []
+for path in snakemake.input.check:
+    with open(path, encoding="utf-8") as handle:
+        check_records += [json.loads(line) for line, _ in zip(handle, range(2))]
+result = merge(Path(snakemake.input.base), Path(snakemake.input.trained), Path(snakemake.output.model),
+               check_records, root=Path("."), check_path=Path(snakemake.output.check))
+log.info("merge check: %s", result)

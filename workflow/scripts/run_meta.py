@@ -1,0 +1,17 @@
+"""Write a run's InternVL meta.json mixing its datasets' training files (rule run_meta)."""
+
+from vidtune.runtime import start_script
+
+log = start_script(snakemake, "run_meta")  # noqa: F821 - injected by Snakemake
+
+from pathlib import Path  # noqa: E402
+
+from vidtune.internvl_files import write_meta  # noqa: E402
+
+datasets = snakemake.params.datasets
+entries = []
+for name, jsonl in zip(datasets, snakemake.input.train, strict=True):
+    length = sum(1 for line in Path(jsonl).read_text(encoding="utf-8").splitlines() if line.strip())
+    entries.append((name, Path(jsonl), length, datasets[name]))
+write_meta(entries, Path(snakemake.output.meta))
+log.info("meta.json: %s", {name: length for name, _, length, _ in entries})
