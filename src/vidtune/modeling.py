@@ -305,11 +305,15 @@ def load_record_media(record: dict, root: str | Path) -> list[Image.Image]:
         raise MediaError("media not found (no frames in the folder, or no image file)",
                          file=str(Path(root) / str(media)), record=str(record.get("id")),
                          fix="re-run frame extraction, or fix the dataset root")
+    return load_images(paths, str(record.get("id")))
+
+
+def load_images(paths: Sequence[Path], record_id: str | None = None) -> list[Image.Image]:
     images = []
     for path in paths:
         try:
             with Image.open(path) as image:
                 images.append(image.convert("RGB"))
         except OSError as error:
-            raise MediaError(f"cannot decode: {error}", file=str(path), record=str(record.get("id"))) from error
+            raise MediaError(f"cannot decode: {error}", file=str(path), record=record_id) from error
     return images

@@ -137,3 +137,83 @@ def build_tiny_model(out_dir: Path, settings: dict) -> None:
     with atomic_dir(out_dir) as temp:
         model.save_pretrained(temp, safe_serialization=True)
         build_processor(settings, tokenizer).save_pretrained(temp)
+
+
+# --- A synthetic caption task for tests and benchmarks -----------------------------------------------------
+
+SYNTHETIC_COLOURS = {"red": (230, 30, 30), "green": (30, 200, 60), "blue": (40, 70, 230), "yellow": (240, 220, 40),
+                     "orange": (250, 140, 20), "purple": (140, 40, 180), "white": (245, 245, 245),
+                     "cyan": (40, 220, 230)}
+SYNTHETIC_SHAPES = ("circle", "square", "triangle")
+SYNTHETIC_MOTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+
+
+def synthetic_frames(colour: str, shape: str, motion: str, num_frames: int = 4, size: int = 64) -> list:
+    """Frames of one shape moving across a dark background (PIL images)."""
+    from PIL import Image, ImageDraw
+
+    dx, dy = SYNTHETIC_MOTIONS[motion]
+    radius = size // 6
+    frames = []
+    for index in range(num_frames):
+        shift = (index / max(1, num_frames - 1) - 0.5) * size * 0.5
+        cx, cy = size / 2 + dx * shift, size / 2 + dy * shift
+        image = Image.new("RGB", (size, size), (20, 20, 20))
+        draw = ImageDraw.Draw(image)
+        box = (cx - radius, cy - radius, cx + radius, cy + radius)
+        fill = SYNTHETIC_COLOURS[colour]
+        if shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif shape == "square":
+            draw.rectangle(box, fill=fill)
+        else:
+            draw.polygon([(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)], fill=fill)
+        frames.append(image)
+    return frames
+
+
+def synthetic_captions(count: int) -> list[tuple[str, str, str]]:
+    """Up to 24 distinct (colour, shape, motion); the motion follows from colour and shape."""
+    combos = [(colour, shape, list(SYNTHETIC_MOTIONS)[(ci + si) % 4])
+              for ci, colour in enumerate(SYNTHETIC_COLOURS) for si, shape in enumerate(SYNTHETIC_SHAPES)]
+    return combos[:count]
+
+
+def write_synthetic_dataset(folder: Path, count: int = 8, num_frames: int = 4, size: int = 64,
+                            prompt: str = "Describe the video.", images: int = 0) -> Path:
+    """An InternVL-format dataset (frame folders + JSONL + meta.json) of moving shapes; returns meta.json.
+
+    ``images`` of the samples (the last ones) are single images instead of frame folders.
+    """
+    import json
+
+    folder = Path(folder)
+    records = []
+    for index, (colour, shape, motion) in enumerate(synthetic_captions(count)):
+        caption = f"a {colour} {shape} moves {motion}"
+        frames = synthetic_frames(colour, shape, motion, num_frames, size)
+        sample_id = f"{colour}_{shape}"
+        if index >= count - images:
+            path = folder / "images" / f"{sample_id}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            frames[0].save(path, quality=95)
+            records.append({"id": sample_id, "image": f"images/{sample_id}.jpg", "width": size, "height": size,
+                            "conversations": [{"from": "human", "value": "<image>\n" + prompt},
+                                              {"from": "gpt", "value": f"a {colour} {shape}"}]})
+            continue
+        clip = folder / "frames" / sample_id
+        clip.mkdir(parents=True, exist_ok=True)
+        for number, frame in enumerate(frames):
+            frame.save(clip / f"frame_{number}.jpg", quality=95)
+        records.append({"id": sample_id, "video": f"frames/{sample_id}/",
+                        "conversations": [{"from": "human", "value": "<video>\n" + prompt},
+                                          {"from": "gpt", "value": caption}]})
+    annotation = folder / "train.jsonl"
+    annotation.write_text("".join(json.dumps(record) + "\n" for record in records))
+    meta = {"synthetic": {"root": str(folder), "annotation": str(annotation), "repeat_time": 1,
+                          "max_dynamic_patch": 1, "length": len(records), "data_augment": False,
+                          "data_settings": {"prompt": prompt, "frames": {"policy": "uniform",
+                                                                          "num_frames": num_frames,
+                                                                          "short_side": size}}}}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+    return folder / "meta.json"

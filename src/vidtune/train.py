@@ -1,0 +1,586 @@
+"""Finetune an InternVL checkpoint on InternVL-format data (meta.json + JSONL): LoRA, QLoRA or full.
+
+Sections, top to bottom: settings, data (read, check, encode), model (method), DeepSpeed and launching,
+checkpoints and signals, training, checks and outputs. The Trainer, peft, bitsandbytes and DeepSpeed do the
+work; this module decides how they are set up and checks what comes out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import random
+import resource
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations import TensorBoardCallback
+
+from vidtune.atomic import atomic_dir, dumps_json, write_json
+from vidtune.errors import DataError, ModelError
+from vidtune.modeling import (build_messages, collate, encode_sample, load_images, load_model, load_processor,
+                              record_media_paths, record_text)
+
+# --- Settings ----------------------------------------------------------------------------------------------
+
+# The schema's defaults (workflow/schemas/config.schema.yaml, definitions training and lora).
+LORA_DEFAULTS = {"rank": 16, "alpha": 32, "dropout": 0.05, "train_projector": True, "vision": False}
+TRAINING_DEFAULTS = {
+    "method": "lora", "freeze_vision": True, "freeze_projector": False, "freeze_language": False, "epochs": 1,
+    "max_steps": -1, "learning_rate": 2e-4, "weight_decay": 0.0, "warmup_ratio": 0.03, "batch_size": 1,
+    "gradient_accumulation_steps": 1, "gradient_checkpointing": False, "bf16": "auto", "max_seq_length": 8192,
+    "over_length": "drop", "seed": 42, "save_steps": 50, "save_total_limit": 2, "logging_steps": 1, "gpus": 0,
+    "deepspeed": "none", "offload": False, "runtime_min": 720,
+}
+DEFAULT_PROMPT = "Describe the video."
+# Linear layers LoRA targets in the language model: Qwen2/Llama-style and InternLM2-style names.
+LANGUAGE_LORA_TARGETS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                         "wqkv", "wo", "w1", "w2", "w3"}
+# Submodule names in transformers' InternVL and in InternVL's own (remote-code) checkpoints.
+PART_NAMES = {"vision": ("vision_tower", "vision_model"), "projector": ("multi_modal_projector", "mlp1"),
+              "language": ("language_model",)}
+COMPLETE_MARKER = "vidtune_checkpoint_complete"
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
+
+
+def training_settings(training: dict) -> dict:
+    settings = {**TRAINING_DEFAULTS, **training}
+    settings["lora"] = {**LORA_DEFAULTS, **training.get("lora", {})}
+    return settings
+
+
+def use_bf16(setting: str) -> bool:
+    if setting == "auto":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return setting == "true"
+
+
+# --- Data --------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class TrainItem:
+    """One checked sample: which media files to load and the text around them."""
+
+    id: str
+    media_type: str
+    paths: tuple[Path, ...]
+    prompt: str
+    target: str
+    max_dynamic_patch: int
+    length: int
+
+
+def read_meta(meta_path: Path) -> dict[str, dict]:
+    try:
+        meta = json.loads(Path(meta_path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"cannot read meta.json: {error}", file=str(meta_path)) from error
+    if not isinstance(meta, dict) or not meta:
+        raise DataError("meta.json must map dataset names to entries", file=str(meta_path))
+    return meta
+
+
+def _resolve(path: str, base: Path) -> Path:
+    candidate = Path(path)
+    if candidate.is_absolute() or candidate.exists():
+        return candidate
+    return base / candidate
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise DataError(f"not valid JSON: {error}", file=str(path), record=f"line {number}") from error
+    return records
+
+
+def repeat_records(records: list[dict], repeat_time: float, seed: int) -> list[dict]:
+    """InternVL's repeat_time: whole copies, plus a seeded share of the records for the fraction."""
+    whole, fraction = int(repeat_time), repeat_time - int(repeat_time)
+    extra = random.Random(seed).sample(records, round(fraction * len(records))) if fraction else []
+    return records * whole + extra
+
+
+def sample_length(processor, item_text, num_tiles: list[int], media_type: str) -> int:
+    """Tokenised length with visual tokens: the rendered text plus tiles x tokens per tile (+ <img></img>)."""
+    text = processor.apply_chat_template(
+        build_messages(item_text.prompt, media_type, len(num_tiles), item_text.target))
+    text_tokens = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+    return text_tokens - len(num_tiles) + sum(tiles * processor.image_seq_length + 2 for tiles in num_tiles)
+
+
+def _image_tiles(processor, path: Path, record: dict, max_dynamic_patch: int) -> int:
+    from PIL import Image
+
+    if "width" in record and "height" in record:
+        width, height = int(record["width"]), int(record["height"])
+    else:
+        with Image.open(path) as image:
+            width, height = image.size
+    kwargs = {"crop_to_patches": max_dynamic_patch > 1, "max_patches": max_dynamic_patch}
+    return processor.image_processor.get_number_of_image_patches(height, width, kwargs)
+
+
+def _uniform_subset(paths: list[Path], count: int) -> list[Path]:
+    step = len(paths) / count
+    return [paths[int(step * index + step / 2)] for index in range(count)]
+
+
+def check_sample(processor, record: dict, root: Path, max_dynamic_patch: int, settings: dict,
+                 file: str) -> tuple[TrainItem | None, str | None]:
+    """A trainable item, or None and the reason it was left out. Over-long videos may lose frames."""
+    text = record_text(record, file)
+    record_id = str(record.get("id"))
+    if text.target is None:
+        return None, "no gpt turn"
+    if text.placeholders != 1:
+        return None, f"{text.placeholders} media placeholders in the human turn (expected 1)"
+    paths = record_media_paths(record, root)
+    if not paths:
+        return None, "media not found"
+    if text.media_type == "video":
+        tiles = [1] * len(paths)
+    else:
+        tiles = [_image_tiles(processor, paths[0], record, max_dynamic_patch)]
+    length = sample_length(processor, text, tiles, text.media_type)
+    limit = settings["max_seq_length"]
+    reason = None
+    if length > limit:
+        if settings["over_length"] == "truncate_frames" and text.media_type == "video":
+            for count in range(len(paths) - 1, 0, -1):
+                length = sample_length(processor, text, [1] * count, text.media_type)
+                if length <= limit:
+                    reason = f"truncated from {len(paths)} to {count} frames"
+                    paths = _uniform_subset(paths, count)
+                    break
+        if length > limit:
+            return None, f"over max_seq_length ({length} > {limit} tokens)"
+    item = TrainItem(record_id, text.media_type, tuple(paths), text.prompt, text.target, max_dynamic_patch,
+                     length)
+    return item, reason
+
+
+def load_training_items(meta_path: Path, processor, settings: dict, log: logging.Logger) \
+        -> tuple[list[TrainItem], list[dict], list[dict], dict]:
+    """Checked items of every dataset in meta.json, what was dropped or truncated, and the data settings."""
+    meta_path = Path(meta_path)
+    items, dropped, truncated = [], [], []
+    data_settings: dict | None = None
+    for name, entry in read_meta(meta_path).items():
+        annotation = _resolve(entry["annotation"], meta_path.parent)
+        root = _resolve(entry.get("root", "."), meta_path.parent)
+        max_dynamic_patch = int(entry.get("max_dynamic_patch", 6))
+        records = repeat_records(read_jsonl(annotation), float(entry.get("repeat_time", 1)), settings["seed"])
+        entry_settings = {"prompt": DEFAULT_PROMPT, "frames": {}, **entry.get("data_settings", {}),
+                          "max_dynamic_patch": max_dynamic_patch}
+        if data_settings is None:
+            data_settings = entry_settings
+        elif entry_settings != data_settings:
+            log.warning("dataset %s has other prompt/frame settings than the first; the model keeps the first's",
+                        name)
+        for record in records:
+            item, reason = check_sample(processor, record, root, max_dynamic_patch, settings, str(annotation))
+            if item is None:
+                dropped.append({"dataset": name, "id": str(record.get("id")), "reason": reason})
+            else:
+                items.append(item)
+                if reason:
+                    truncated.append({"dataset": name, "id": item.id, "reason": reason})
+    for entry in dropped:
+        log.warning("left out %s/%s: %s", entry["dataset"], entry["id"], entry["reason"])
+    for entry in truncated:
+        log.warning("%s/%s: %s to fit max_seq_length", entry["dataset"], entry["id"], entry["reason"])
+    if not items:
+        raise DataError("no usable training sample", file=str(meta_path),
+                        fix="check the frames exist and max_seq_length leaves room for the visual tokens")
+    log.info("%d training samples, %d left out, %d truncated", len(items), len(dropped), len(truncated))
+    return items, dropped, truncated, data_settings or {"prompt": DEFAULT_PROMPT, "frames": {}}
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    def __init__(self, items: list[TrainItem], processor):
+        self.items, self.processor = items, processor
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        images = load_images(item.paths, item.id)
+        return encode_sample(self.processor, images, item.prompt, item.target, media_type=item.media_type,
+                             max_dynamic_patch=item.max_dynamic_patch)
+
+
+class CountingCollator:
+    """Pads a batch (right padding) and counts the real tokens seen, for tokens/s."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id, self.tokens = pad_token_id, 0
+
+    def __call__(self, samples: list[dict]) -> dict:
+        batch = collate(samples, self.pad_token_id, padding_side="right")
+        self.tokens += int(batch["attention_mask"].sum())
+        return batch
+
+
+# --- Model and method --------------------------------------------------------------------------------------
+
+def find_part(model: nn.Module, part: str) -> tuple[str, nn.Module] | None:
+    """The (shortest-named) submodule for vision/projector/language, under any wrapper prefix."""
+    matches = [(name, module) for name, module in model.named_modules()
+               if name.rsplit(".", 1)[-1] in PART_NAMES[part]]
+    return min(matches, key=lambda match: len(match[0])) if matches else None
+
+
+def lora_target_modules(model: nn.Module, vision: bool = False) -> list[str]:
+    """Full names of the language model's attention/MLP linears (plus the vision tower's linears if asked)."""
+    language = find_part(model, "language")
+    if language is None:
+        raise ModelError("cannot find the language model to put LoRA on",
+                         fix="use an InternVL checkpoint (transformers' or InternVL's own layout)")
+    prefix = language[0] + "."
+    targets = [name for name, module in model.named_modules()
+               if name.startswith(prefix) and isinstance(module, nn.Linear)
+               and name.rsplit(".", 1)[-1] in LANGUAGE_LORA_TARGETS]
+    if vision and (tower := find_part(model, "vision")) is not None:
+        targets += [name for name, module in model.named_modules()
+                    if name.startswith(tower[0] + ".") and isinstance(module, nn.Linear)]
+    if not targets:
+        raise ModelError("no q/k/v/o/gate/up/down (or wqkv/wo/w1/w2/w3) linears in the language model",
+                         fix="use method full for this architecture")
+    return targets
+
+
+def prepare_model(model_dir: Path, settings: dict, trust_remote_code: bool, log: logging.Logger):
+    """Load the base model and make exactly the chosen parts trainable."""
+    method = settings["method"]
+    bf16 = use_bf16(settings["bf16"])
+    if method == "qlora":
+        model = load_model(model_dir, trust_remote_code=trust_remote_code, quantization="nf4",
+                           dtype=torch.bfloat16)
+    else:
+        model = load_model(model_dir, trust_remote_code=trust_remote_code, dtype=torch.float32)
+    model.config.use_cache = False
+    if method == "full":
+        frozen = {"vision": settings["freeze_vision"], "projector": settings["freeze_projector"],
+                  "language": settings["freeze_language"]}
+        for part, freeze in frozen.items():
+            found = find_part(model, part)
+            if found is not None:
+                found[1].requires_grad_(not freeze)
+        head = model.get_output_embeddings()
+        if head is not None and head.weight is not model.get_input_embeddings().weight:
+            head.requires_grad_(not settings["freeze_language"])
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    lora = settings["lora"]
+    projector = find_part(model, "projector")
+    modules_to_save = [projector[0].rsplit(".", 1)[-1]] if lora["train_projector"] and projector else None
+    config = LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                        target_modules=lora_target_modules(model, lora["vision"]), modules_to_save=modules_to_save)
+    if method == "qlora":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=settings["gradient_checkpointing"],
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(model, config)
+    if bf16 and method == "lora":
+        model = model.to(torch.bfloat16)
+    trainable, total = model.get_nb_trainable_parameters()
+    log.info("%s: %d trainable of %d parameters (%d LoRA targets%s)", method, trainable, total,
+             len(config.target_modules), ", projector trained" if modules_to_save else "")
+    return model
+
+
+# --- DeepSpeed and launching -------------------------------------------------------------------------------
+
+def deepspeed_config(training: dict) -> dict:
+    """A ZeRO-2/3 config whose batch sizes match the Trainer's (micro x accumulation x processes)."""
+    settings = training_settings(training)
+    stage = {"zero2": 2, "zero3": 3}.get(settings["deepspeed"])
+    if stage is None:
+        raise ValueError(f"deepspeed must be zero2 or zero3, not {settings['deepspeed']!r}")
+    processes = max(1, settings["gpus"])
+    zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True,
+                            "reduce_bucket_size": "auto"}
+    if stage == 3:
+        zero.update({"stage3_prefetch_bucket_size": "auto", "stage3_param_persistence_threshold": "auto",
+                     "stage3_gather_16bit_weights_on_model_save": True})
+    if settings["offload"]:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        if stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {
+        "train_micro_batch_size_per_gpu": settings["batch_size"],
+        "gradient_accumulation_steps": settings["gradient_accumulation_steps"],
+        "train_batch_size": settings["batch_size"] * settings["gradient_accumulation_steps"] * processes,
+        "gradient_clipping": 1.0,
+        "bf16": {"enabled": use_bf16(settings["bf16"]) if settings["bf16"] != "auto" else "auto"},
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def deepspeed_available() -> bool:
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+def launch_command(script: str | Path, args: list[str], gpus: int) -> list[str]:
+    """How the training rule starts a script: one plain process, or torchrun with one process per GPU."""
+    if gpus <= 1:
+        return [sys.executable, str(script), *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+            str(script), *args]
+
+
+# --- Checkpoints and signals -------------------------------------------------------------------------------
+
+def _step(checkpoint: Path) -> int:
+    try:
+        return int(checkpoint.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def latest_complete_checkpoint(checkpoints_dir: Path, log: logging.Logger | None = None) -> Path | None:
+    """The newest checkpoint with our completion marker; half-written ones are removed (never resumed)."""
+    if not checkpoints_dir.is_dir():
+        return None
+    complete = []
+    for folder in checkpoints_dir.glob("checkpoint-*"):
+        if (folder / COMPLETE_MARKER).is_file() and (folder / "trainer_state.json").is_file():
+            complete.append(folder)
+        elif folder.is_dir() and _step(folder) >= 0:
+            if log:
+                log.warning("removing half-written checkpoint %s", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+    return max(complete, key=_step) if complete else None
+
+
+class CheckpointCallback(TrainerCallback):
+    """Marks finished checkpoints, saves and stops on SIGTERM/SIGUSR1, and notes what a resume restored."""
+
+    def __init__(self):
+        self.stop_signal: str | None = None
+        self.restored_optimizer_step: int | None = None
+        self._checked_resume = False
+
+    def handle_signal(self, signum, _frame) -> None:
+        self.stop_signal = signal.Signals(signum).name
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        if not self._checked_resume:
+            self._checked_resume = True
+            steps = [int(s["step"]) for s in (optimizer.state.values() if optimizer else []) if "step" in s]
+            self.restored_optimizer_step = max(steps) if steps else 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stop_signal:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            (folder / COMPLETE_MARKER).write_text(f"{state.global_step}\n")
+
+
+# --- Training ----------------------------------------------------------------------------------------------
+
+def _logger(log) -> logging.Logger:
+    if isinstance(log, logging.Logger):
+        return log
+    logger = logging.getLogger("vidtune.train")
+    logger.setLevel(logging.INFO)
+    if log is not None:
+        handler = logging.FileHandler(log)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+    elif not logger.handlers and not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return logger
+
+
+def trainable_fingerprints(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A small slice of every trainable tensor, to tell afterwards whether training changed it."""
+    return {name: param.detach().flatten()[:4096].float().cpu().clone()
+            for name, param in model.named_parameters() if param.requires_grad and param.numel() > 0}
+
+
+def check_weights_changed(model: nn.Module, before: dict[str, torch.Tensor], final_dir: Path) -> dict:
+    """Fail when nothing trainable moved, or when a saved LoRA B matrix is all zeros (LoRA + ZeRO-3 bug)."""
+    from safetensors import safe_open
+
+    params = dict(model.named_parameters())
+    unchanged = [name for name, value in before.items()
+                 if params[name].numel() > 0
+                 and torch.equal(params[name].detach().flatten()[:4096].float().cpu(), value)]
+    if before and len(unchanged) == len(before):
+        raise ModelError("training changed no trainable weight", file=str(final_dir),
+                         fix="check the learning rate, the data and (with DeepSpeed ZeRO-3) the LoRA setup")
+    zero_lora_b = []
+    adapter = final_dir / "adapter_model.safetensors"
+    if adapter.is_file():
+        with safe_open(adapter, "pt") as handle:
+            lora_b = [key for key in handle.keys() if "lora_B" in key]
+            zero_lora_b = [key for key in lora_b if not handle.get_tensor(key).any()]
+        if not lora_b or zero_lora_b:
+            raise ModelError(f"{len(zero_lora_b)} of {len(lora_b)} saved LoRA B matrices are all zeros",
+                             file=str(adapter), fix="the adapter did not train; with ZeRO-3 gather weights on save")
+    return {"trainable_tensors": len(before), "unchanged_tensors": len(unchanged)}
+
+
+def _peak_memory_gib() -> tuple[float, str]:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2 ** 30, "cuda_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, "cpu_max_rss"
+
+
+def _install_signal_handlers(callback: CheckpointCallback) -> Callable[[], None]:
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {name: signal.signal(getattr(signal, name), callback.handle_signal) for name in STOP_SIGNALS}
+    return lambda: [signal.signal(getattr(signal, name), handler) for name, handler in previous.items()]
+
+
+def train(meta_path: Path, model_dir: Path, out_dir: Path, training: dict, trust_remote_code: bool = False,
+          log=None) -> dict:
+    """Train on meta.json's data; write checkpoints/, final/, train_summary.json, loss.json, loss.png, runs/.
+
+    Resumes from the newest complete checkpoint in out_dir/checkpoints when there is one. Returns the summary.
+    """
+    log = _logger(log)
+    settings = training_settings(training)
+    out_dir, model_dir = Path(out_dir), Path(model_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(settings["seed"])
+
+    processor = load_processor(model_dir)
+    items, dropped, truncated, data_settings = load_training_items(Path(meta_path), processor, settings, log)
+    model = prepare_model(model_dir, settings, trust_remote_code, log)
+    before = trainable_fingerprints(model)
+
+    checkpoints_dir = out_dir / "checkpoints"
+    resume = latest_complete_checkpoint(checkpoints_dir, log)
+    if resume is not None:
+        log.info("resuming from %s (step %d): optimizer, scheduler, RNG and data position restored",
+                 resume, _step(resume))
+    bf16 = use_bf16(settings["bf16"])
+    deepspeed = None
+    if settings["deepspeed"] != "none":
+        if deepspeed_available():
+            deepspeed = deepspeed_config(settings)
+        else:
+            log.warning("deepspeed %s asked for but the deepspeed package is not installed: training without it",
+                        settings["deepspeed"])
+    args = TrainingArguments(
+        output_dir=str(checkpoints_dir), per_device_train_batch_size=settings["batch_size"],
+        gradient_accumulation_steps=settings["gradient_accumulation_steps"],
+        num_train_epochs=settings["epochs"], max_steps=settings["max_steps"],
+        learning_rate=settings["learning_rate"], weight_decay=settings["weight_decay"],
+        warmup_steps=settings["warmup_ratio"] if settings["warmup_ratio"] < 1 else 0,
+        lr_scheduler_type="cosine", seed=settings["seed"], data_seed=settings["seed"], bf16=bf16,
+        gradient_checkpointing=settings["gradient_checkpointing"],
+        gradient_checkpointing_kwargs={"use_reentrant": False}, save_strategy="steps",
+        save_steps=settings["save_steps"], save_total_limit=settings["save_total_limit"],
+        logging_steps=settings["logging_steps"], report_to="none", remove_unused_columns=False,
+        dataloader_num_workers=0, deepspeed=deepspeed, use_cpu=settings["gpus"] == 0 and not torch.cuda.is_available(),
+        disable_tqdm=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    collator = CountingCollator(processor.tokenizer.pad_token_id)
+    checkpointing = CheckpointCallback()
+    callbacks = [checkpointing]
+    if args.process_index == 0:
+        callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(out_dir / "runs"))))
+    trainer = Trainer(model=model, args=args, train_dataset=EncodedDataset(items, processor),
+                      data_collator=collator, callbacks=callbacks)
+    restore_signals = _install_signal_handlers(checkpointing)
+    started = time.perf_counter()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        restore_signals()
+    seconds = time.perf_counter() - started
+    if checkpointing.stop_signal:
+        log.warning("stopped by %s after a checkpoint at step %d; run again to resume",
+                    checkpointing.stop_signal, trainer.state.global_step)
+        raise SystemExit(128 + getattr(signal, checkpointing.stop_signal))
+    if not trainer.is_world_process_zero():
+        return {}
+
+    history = [{"step": entry["step"], "loss": entry["loss"], "learning_rate": entry.get("learning_rate")}
+               for entry in trainer.state.log_history if "loss" in entry]
+    steps_done = trainer.state.global_step - (_step(resume) if resume else 0)
+    samples = steps_done * settings["batch_size"] * settings["gradient_accumulation_steps"] * args.world_size
+    peak, peak_kind = _peak_memory_gib()
+    trainable, total = _parameter_counts(model)
+    with atomic_dir(out_dir / "final") as final:
+        trainer.save_model(str(final))
+        processor.save_pretrained(final)
+        write_json(final / "vidtune.json", {"method": settings["method"], "base_model": str(model_dir.resolve()),
+                                           **data_settings})
+        weights = check_weights_changed(model, before, final)
+    summary = {
+        "method": settings["method"], "steps": trainer.state.global_step, "steps_this_run": steps_done,
+        "epochs": trainer.state.epoch, "train_seconds": round(seconds, 3),
+        "samples_per_s": round(samples / seconds, 3) if seconds else None,
+        "tokens_per_s": round(collator.tokens / seconds, 1) if seconds else None,
+        "peak_memory_gib": round(peak, 3), "peak_memory_kind": peak_kind,
+        "trainable_params": trainable, "total_params": total, "num_samples": len(items),
+        "dropped_samples": dropped, "truncated_samples": truncated, "final_loss": history[-1]["loss"]
+        if history else None, "train_loss": result.training_loss, "bf16": bf16,
+        "deepspeed": settings["deepspeed"] if deepspeed else "none", "weights_check": weights,
+        "resumed_from": None if resume is None else {
+            "checkpoint": resume.name, "step": _step(resume),
+            "optimizer_step": checkpointing.restored_optimizer_step},
+    }
+    write_json(out_dir / "loss.json", history)
+    plot_loss(history, out_dir / "loss.png")
+    write_json(out_dir / "train_summary.json", summary)
+    log.info("trained %d steps in %.1f s; summary: %s", trainer.state.global_step, seconds,
+             dumps_json({k: summary[k] for k in ("samples_per_s", "tokens_per_s", "final_loss")}).strip())
+    return summary
+
+
+def _parameter_counts(model: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def plot_loss(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vidtune.atomic import atomic_path
+
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot([entry["step"] for entry in history], [entry["loss"] for entry in history])
+    axis.set_xlabel("step")
+    axis.set_ylabel("training loss")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    with atomic_path(path) as temp:
+        figure.savefig(temp, format="png", dpi=100)
+    plt.close(figure)
+
