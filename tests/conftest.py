@@ -1,0 +1,95 @@
+"""Shared fixtures: running the real workflow in a scratch working directory.
+
+The expensive setups (one demo run, one SLURM cluster) are session-scoped and shared by the tests that
+read them; tests that change data work on their own copy of a finished run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def load_default_config() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def quick_config() -> dict:
+    """The demo, cut to the least that still proves the DAG: 8 clips, a few training steps."""
+    config = load_default_config()
+    config["demo"] = {"num_videos": 8, "seconds": 1, "size": 64}
+    config["datasets"]["demo"]["split"] = {"train": 0.75, "val": 0.0, "test": 0.25, "seed": 0}
+    training = config["runs"]["demo"]["training"]
+    training.update({"epochs": 1, "max_steps": 3, "save_steps": 2, "batch_size": 2})
+    config["runs"]["demo"]["evaluation"].update({"max_new_tokens": 6})
+    return config
+
+
+class Workflow:
+    """A scratch working directory with its own config, in which the repository's Snakefile runs."""
+
+    def __init__(self, workdir: Path, config: dict):
+        self.workdir = workdir
+        (workdir / "config").mkdir(parents=True, exist_ok=True)
+        self.write_config(config)
+
+    def write_config(self, config: dict) -> None:
+        self.config = config
+        (self.workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def snakemake(self, *args: str, check: bool = True, timeout: float = 1800,
+                  env: dict | None = None) -> subprocess.CompletedProcess:
+        command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(self.workdir),
+                   "--cores", "2", *args]
+        result = subprocess.run(command, cwd=self.workdir, capture_output=True, text=True,
+                                timeout=timeout, env={**os.environ, **(env or {})})
+        if check and result.returncode != 0:
+            raise AssertionError(f"snakemake {' '.join(args)} failed ({result.returncode}):\n"
+                                 f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+        return result
+
+    def planned_jobs(self, *targets: str) -> dict[str, int]:
+        """Rule name -> job count of what a dry run would do."""
+        result = self.snakemake("-n", *targets)
+        return parse_job_stats(result.stdout + result.stderr)
+
+    def path(self, relative: str) -> Path:
+        return self.workdir / relative
+
+    def copy(self, destination: Path) -> "Workflow":
+        shutil.copytree(self.workdir, destination, symlinks=True)
+        return Workflow(destination, self.config)
+
+
+def parse_job_stats(output: str) -> dict[str, int]:
+    """Read the 'job count' table Snakemake prints into {rule: count} (without the target rule)."""
+    jobs: dict[str, int] = {}
+    lines = output.splitlines()
+    for start, line in enumerate(lines):
+        if line.split() == ["job", "count"]:
+            for row in lines[start + 2:]:
+                parts = row.split()
+                if len(parts) != 2 or not parts[1].isdigit() or parts[0] == "total":
+                    break
+                jobs[parts[0]] = int(parts[1])
+            break
+    return jobs
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory) -> Workflow:
+    """One complete `train_all` of the reduced demo, shared by the tests that only read it."""
+    workflow = Workflow(tmp_path_factory.mktemp("quick") / "work", quick_config())
+    workflow.snakemake("train_all")
+    return workflow
