@@ -1,0 +1,259 @@
+"""What every adapter shares: typed options, annotation loading with file-and-line errors, reject reasons.
+
+An adapter only parses its format into :class:`~vidtune.samples.Sample` records (media paths as the
+annotations write them, relative to the dataset root) and :class:`~vidtune.samples.Reject` records for
+what it cannot parse. Path safety, missing media, empty targets, duplicates and clip windows are checked
+once for every format in :mod:`vidtune.ingest`.
+
+Reject reasons read ``<code>: <detail>``; summaries count rejects by code.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterator, TypeVar
+
+from vidtune.errors import ConfigError, DataError, MediaError
+from vidtune.samples import SPLITS, Reject, Sample
+
+OptionsT = TypeVar("OptionsT")
+
+# Official split names as published datasets spell them.
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                  "validation": "val", "dev": "val", "test": "test", "testing": "test"}
+
+
+def reason(code: str, detail: str) -> str:
+    return f"{code}: {detail}"
+
+
+def reason_code(text: str) -> str:
+    """The code part of a reject reason (``missing_media: ...`` -> ``missing_media``)."""
+    return text.split(":", 1)[0].strip()
+
+
+def parse_options(name: str, cfg: dict, options_type: type[OptionsT]) -> OptionsT:
+    """Build a format's options dataclass from ``cfg["options"]``, naming the key of any mistake."""
+    raw = cfg.get("options") or {}
+    fields = {f.name: f for f in dataclasses.fields(options_type)}
+    hints = typing.get_type_hints(options_type)
+    values = {}
+    for key, value in raw.items():
+        where = f"datasets.{name}.options.{key}"
+        if key not in fields:
+            raise ConfigError(f"unknown option {where} for format {cfg.get('format')!r}",
+                              fix=f"use one of: {', '.join(sorted(fields))}")
+        if not _matches(value, hints[key]):
+            raise ConfigError(f"{where} is {value!r}, which is not of type {_type_name(hints[key])}",
+                              fix="see docs/datasets.md for the option's type")
+        values[key] = _normalise(value, hints[key])
+    options = options_type(**values)
+    check = getattr(options, "check", None)
+    if check:
+        problem = check()
+        if problem:
+            key, message = problem
+            raise ConfigError(f"datasets.{name}.options.{key} {message}")
+    return options
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if origin in (list, tuple):
+        (item, *_) = typing.get_args(hint) or (Any,)
+        return isinstance(value, (list, tuple)) and all(_matches(v, item) for v in value)
+    if origin is dict:
+        key_hint, value_hint = typing.get_args(hint)
+        return isinstance(value, dict) and all(
+            _matches(k, key_hint) and _matches(v, value_hint) for k, v in value.items())
+    if hint is Any:
+        return True
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _normalise(value: Any, hint: Any) -> Any:
+    """Lists become tuples and ints become floats where the dataclass says so (options stay hashable)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return value if value is None or len(args) != 1 else _normalise(value, args[0])
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    if hint is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def annotation_file(name: str, cfg: dict, default_under_root: str | None) -> Path:
+    """The main annotation file: ``cfg["annotations"]`` (relative to the working directory) or the
+    format's default under the root. A missing file is a config mistake, so it stops the step."""
+    given = cfg.get("annotations")
+    path = Path(given) if given else Path(cfg["root"]) / (default_under_root or "")
+    if not given and default_under_root is None:
+        raise ConfigError(f"datasets.{name}.annotations is required for format {cfg.get('format')!r}")
+    if not path.is_file():
+        key = f"datasets.{name}.annotations" if given else f"datasets.{name}.root"
+        raise ConfigError(f"annotation file {path} does not exist", fix=f"check {key}")
+    return path
+
+
+def option_file(name: str, cfg: dict, key: str, value: str) -> Path:
+    """A file named by an option: absolute, or relative to the dataset root; it must exist."""
+    path = Path(value) if Path(value).is_absolute() else Path(cfg["root"]) / value
+    if not path.is_file():
+        raise ConfigError(f"file {path} does not exist", fix=f"check datasets.{name}.options.{key}")
+    return path
+
+
+def load_json(path: Path) -> Any:
+    """Parse a whole JSON file; a syntax error stops the step naming the file and line."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as error:
+        raise DataError(f"not valid JSON: {error.msg} at column {error.colno}", file=str(path),
+                        record=f"line {error.lineno}",
+                        fix="repair the file (a truncated download is the usual cause)") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"not UTF-8 text ({error.reason})", file=str(path),
+                        fix="re-encode the file as UTF-8") from None
+
+
+def shape_error(path: Path, expected: str) -> DataError:
+    """The error for a file that parses but is not the structure the format documents."""
+    return DataError(f"expected {expected}", file=str(path), fix="check that this is the right file")
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[str, dict | Reject]]:
+    """Yield ``(record label, object)`` per non-blank line; a malformed line is a reject, not a stop.
+
+    A file in which no line parses is not JSONL at all and stops the step naming the first bad line.
+    """
+    parsed = 0
+    first_error: DataError | None = None
+    with open(path, encoding="utf-8", errors="strict") as handle:
+        try:
+            lines = list(enumerate(handle, start=1))
+        except UnicodeDecodeError as error:
+            raise DataError(f"not UTF-8 text ({error.reason})", file=str(path),
+                            fix="re-encode the file as UTF-8") from None
+    for number, line in lines:
+        if not line.strip():
+            continue
+        label = f"line {number}"
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            first_error = first_error or DataError(
+                f"not valid JSON Lines: {error.msg}", file=str(path), record=label,
+                fix="each line must be one JSON object")
+            yield label, Reject(str(path), label, reason("malformed_record", f"not valid JSON ({error.msg})"))
+            continue
+        if not isinstance(value, dict):
+            yield label, Reject(str(path), label, reason("malformed_record", "line is not a JSON object"))
+            continue
+        parsed += 1
+        yield label, value
+    if parsed == 0 and first_error is not None:
+        raise first_error
+
+
+def iter_csv(path: Path) -> Iterator[tuple[str, dict | Reject]]:
+    """Yield ``(record label, row dict)`` per CSV row (header first); a row with the wrong number of
+    fields is a reject; a file the csv module cannot parse stops the step naming the line."""
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, strict=True)
+        try:
+            header = next(reader, None)
+            if not header:
+                raise DataError("empty CSV file (no header row)", file=str(path))
+            header = [h.strip() for h in header]
+            for row in reader:
+                label = f"line {reader.line_num}"
+                if not any(cell.strip() for cell in row):
+                    continue
+                if len(row) != len(header):
+                    yield label, Reject(str(path), label, reason(
+                        "malformed_record", f"{len(row)} fields where the header has {len(header)}"))
+                    continue
+                yield label, dict(zip(header, row))
+        except csv.Error as error:
+            raise DataError(f"not valid CSV: {error}", file=str(path), record=f"line {reader.line_num}",
+                            fix="repair the quoting of that line") from None
+        except UnicodeDecodeError as error:
+            raise DataError(f"not UTF-8 text ({error.reason})", file=str(path),
+                            fix="re-encode the file as UTF-8") from None
+
+
+def official_split(value: Any) -> str | None:
+    """Map a dataset's split name to train/val/test; ``None`` when absent. Raises ValueError if unknown."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    split = _SPLIT_ALIASES.get(str(value).strip().lower())
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {value!r}")
+    return split
+
+
+def as_float(value: Any) -> float | None:
+    """A number from JSON or CSV; empty and NaN mean unknown. Raises ValueError on anything else."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    number = float(value)
+    return None if number != number else number
+
+
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?])")
+_SPACES = re.compile(r"\s+")
+
+
+def tidy_spacing(text: str) -> str:
+    """Collapse runs of whitespace and remove spaces before punctuation."""
+    return _SPACE_BEFORE_PUNCT.sub(r"\1", _SPACES.sub(" ", text)).strip()
+
+
+def sample(name: str, cfg: dict, local_id: str, *, media_path: str, target: str, source: str,
+           media_type: str = "video", prompt: str | None = None, references: tuple[str, ...] | None = None,
+           group_key: str | None = None, **fields: Any) -> Sample:
+    """One canonical sample with the defaults every format shares (id, prompt, references, group)."""
+    return Sample(
+        sample_id=f"{name}/{local_id}", dataset=name, media_type=media_type, media_path=media_path,
+        prompt=prompt if prompt else cfg.get("prompt", "Describe the video."), target=target,
+        references=references if references else (target,),
+        group_key=group_key if group_key else media_path, source=source, **fields)
+
+
+def container_duration(path: Path) -> float:
+    """A video's length in seconds from its container header; no frame is decoded. MediaError if the
+    file cannot be opened as a video."""
+    import av  # imported here: only the formats and exports that need a length pay for it
+
+    try:
+        with av.open(str(path)) as container:
+            if container.duration is not None:
+                return container.duration / 1_000_000
+            stream = container.streams.video[0]
+            return float(stream.duration * stream.time_base)
+    except (av.FFmpegError, IndexError, TypeError, OSError) as error:
+        raise MediaError(f"cannot read the video's length ({error})", file=str(path),
+                         fix="check that the file is a complete video") from None
