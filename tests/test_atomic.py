@@ -1,0 +1,62 @@
+"""Atomic writes leave either the complete new output or the old one, never a partial file."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from vidtune.atomic import atomic_dir, atomic_path, write_json, write_jsonl
+from vidtune.fingerprint import claim_state_folder, fingerprint
+
+
+def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "out.json"
+    write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as temp:
+            temp.write_text("{half")
+            raise RuntimeError("killed")
+    assert target.read_text() == '{\n  "a": 1\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_outputs_get_the_usual_mode(tmp_path):
+    write_jsonl(tmp_path / "x.jsonl", [{"b": 2, "a": 1}])
+    mode = stat.S_IMODE(os.stat(tmp_path / "x.jsonl").st_mode)
+    assert mode == 0o666 & ~_umask()
+    assert (tmp_path / "x.jsonl").read_text() == '{"b": 2, "a": 1}\n'
+
+
+def _umask():
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def test_atomic_dir_appears_whole(tmp_path):
+    target = tmp_path / "frames"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as temp:
+            (temp / "frame_000001.jpg").write_bytes(b"x")
+            raise RuntimeError("killed")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    with atomic_dir(target) as temp:
+        (temp / "frame_000001.jpg").write_bytes(b"x")
+    assert [p.name for p in target.iterdir()] == ["frame_000001.jpg"]
+
+
+def test_state_folder_is_kept_only_for_the_same_fingerprint(tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text("{}\n")
+    state = tmp_path / "checkpoints"
+    first = fingerprint([data], {"learning_rate": 1e-4})
+    assert claim_state_folder(state, first) is False
+    (state / "checkpoint-2").mkdir()
+    assert claim_state_folder(state, first) is True
+    assert (state / "checkpoint-2").is_dir()
+    changed = fingerprint([data], {"learning_rate": 2e-4})
+    assert changed != first
+    assert claim_state_folder(state, changed) is False
+    assert not (state / "checkpoint-2").exists()

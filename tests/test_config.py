@@ -1,0 +1,70 @@
+"""A bad configuration fails when the workflow is parsed, before any job starts, naming the key."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from conftest import Workflow, load_default_config
+
+
+def dry_run_error(tmp_path, mutate) -> str:
+    config = copy.deepcopy(load_default_config())
+    mutate(config)
+    workflow = Workflow(tmp_path / "work", config)
+    result = workflow.snakemake("-n", "train_all", check=False)
+    assert result.returncode != 0, "the dry run should have failed"
+    assert not (tmp_path / "work" / "results").exists(), "no job may run"
+    return result.stdout + result.stderr
+
+
+def test_default_config_parses(tmp_path):
+    workflow = Workflow(tmp_path / "work", load_default_config())
+    result = workflow.snakemake("-n", "train_all")
+    assert "train" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda c: c["datasets"]["demo"].update(framez={}), "'framez' was unexpected"),
+    (lambda c: c["runs"]["demo"]["training"].update(learning_rate="fast"), "'fast' is not of type 'number'"),
+    (lambda c: c["runs"]["demo"]["training"].update(method="dora"), "'dora' is not one of"),
+    (lambda c: c.update(extra=1), "'extra' was unexpected"),
+])
+def test_schema_errors_name_the_key(tmp_path, mutate, expected):
+    assert expected in dry_run_error(tmp_path, mutate)
+
+
+def test_missing_dataset_root(tmp_path):
+    def mutate(config):
+        config["datasets"]["mine"] = {"format": "jsonl", "root": str(tmp_path / "nowhere"),
+                                      "annotations": str(tmp_path / "nowhere" / "a.jsonl")}
+    message = dry_run_error(tmp_path, mutate)
+    assert "datasets.mine.root" in message and "nowhere" in message and "What to do" in message
+
+
+def test_run_names_undefined_dataset(tmp_path):
+    message = dry_run_error(tmp_path, lambda c: c["runs"]["demo"].update(datasets=["demo", "ego"]))
+    assert "runs.demo.datasets names 'ego'" in message
+
+
+def test_run_names_undefined_model(tmp_path):
+    message = dry_run_error(tmp_path, lambda c: c["runs"]["demo"].update(model="big"))
+    assert "runs.demo.model names 'big'" in message
+
+
+def test_model_folder_that_is_not_a_model(tmp_path):
+    folder = tmp_path / "not_a_model"
+    folder.mkdir()
+    (folder / "README.txt").write_text("weights went elsewhere")
+    message = dry_run_error(tmp_path, lambda c: c["models"].update(real={"path": str(folder)}))
+    assert "models.real.path" in message and "is not a model folder" in message
+
+
+def test_model_folder_with_pickled_weights_only(tmp_path):
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "internvl"}')
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    message = dry_run_error(tmp_path, lambda c: c["models"].update(real={"path": str(folder)}))
+    assert "no .safetensors weights" in message
