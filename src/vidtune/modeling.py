@@ -317,3 +317,47 @@ def load_images(paths: Sequence[Path], record_id: str | None = None) -> list[Ima
         except OSError as error:
             raise MediaError(f"cannot decode: {error}", file=str(path), record=record_id) from error
     return images
+
+
+# --- Trained models ----------------------------------------------------------------------------------------
+
+def load_adapter_model(base_dir: str | Path, adapter_dir: str | Path, *, trust_remote_code: bool = False,
+                       dtype: torch.dtype = torch.float32):
+    """The unquantised base with a trained LoRA adapter on it; fails when the adapter doesn't fit the base."""
+    from peft import PeftModel, get_peft_model_state_dict
+    from safetensors import SafetensorError, safe_open
+
+    adapter_dir = Path(adapter_dir)
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not (adapter_dir / "adapter_config.json").is_file() or not weights.is_file():
+        raise ModelError("not a LoRA adapter folder (adapter_config.json + adapter_model.safetensors)",
+                         file=adapter_dir, fix="point at the training step's final/ folder")
+    base = load_model(base_dir, trust_remote_code=trust_remote_code, dtype=dtype)
+    try:
+        with safe_open(weights, "pt") as handle:
+            saved = set(handle.keys())
+        model = PeftModel.from_pretrained(base, adapter_dir)
+    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as error:
+        raise ModelError(f"cannot load the adapter: {error}", file=weights,
+                         fix="re-run training; the adapter file is damaged or from another base") from error
+    expected = {key.replace(".default", "") for key in get_peft_model_state_dict(model)}
+    if saved != expected:
+        missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+        raise ModelError(f"adapter weights don't match the base model ({len(missing)} missing, e.g. "
+                         f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})", file=weights,
+                         fix="merge with the base model the adapter was trained on")
+    for name, tensor in model.named_parameters():
+        if "lora_" in name and not torch.isfinite(tensor).all():
+            raise ModelError(f"adapter weight {name} has NaN or infinite values", file=weights,
+                             fix="re-run training with a lower learning rate")
+    return model
+
+
+def read_run_settings(*folders: str | Path | None) -> dict:
+    """Prompt and frame settings stored by training (vidtune.json) in the first folder that has them."""
+    import json
+
+    for folder in folders:
+        if folder is not None and (Path(folder) / "vidtune.json").is_file():
+            return json.loads((Path(folder) / "vidtune.json").read_text(encoding="utf-8"))
+    return {"prompt": "Describe the video.", "frames": {}, "max_dynamic_patch": 6}

@@ -1,0 +1,79 @@
+"""Merge a trained LoRA adapter into its base and check the merged model answers like the adapter did.
+
+QLoRA adapters are merged onto the unquantised base (the 4-bit weights were only a training-time
+approximation of it). A ``full`` run's model is re-saved the same way and checked against itself. The
+merged folder holds everything ``AutoModelForImageTextToText`` and the processor need, plus
+``merge_check.json`` with the logits comparison, and appears only when the check passed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from vidtune.atomic import atomic_dir, write_json
+from vidtune.errors import ModelError
+from vidtune.modeling import (collate, encode_sample, load_adapter_model, load_model, load_processor,
+                              load_record_media, read_run_settings, record_text)
+
+CHECK_RECORDS = 3
+
+
+@torch.no_grad()
+def _logits(model, batches: list[dict]) -> list[torch.Tensor]:
+    model.eval()
+    return [model(**batch).logits.float() for batch in batches]
+
+
+def check_batches(processor, records: list[dict], root: Path, max_dynamic_patch: int) -> list[dict]:
+    """One single-sample batch per check record (prompt and answer, as in training)."""
+    batches = []
+    for record in records[:CHECK_RECORDS]:
+        text = record_text(record)
+        images = load_record_media(record, root)
+        sample = encode_sample(processor, images, text.prompt, text.target, media_type=text.media_type,
+                               max_dynamic_patch=max_dynamic_patch)
+        sample.pop("labels", None)
+        batches.append(collate([sample], processor.tokenizer.pad_token_id))
+    return batches
+
+
+def merge(base_dir: Path, trained_dir: Path, out_dir: Path, check_records: list[dict], root: Path,
+          tolerance: float = 1e-4) -> dict:
+    """Write the merged model to out_dir and return the check (also in out_dir/merge_check.json)."""
+    base_dir, trained_dir, out_dir = Path(base_dir), Path(trained_dir), Path(out_dir)
+    settings = read_run_settings(trained_dir)
+    processor = load_processor(trained_dir)
+    if not check_records:
+        raise ModelError("no records to check the merge on", file=str(trained_dir),
+                         fix="pass a few training or test records")
+    batches = check_batches(processor, check_records, Path(root), int(settings.get("max_dynamic_patch", 6)))
+    is_adapter = (trained_dir / "adapter_config.json").is_file()
+    if is_adapter:
+        model = load_adapter_model(base_dir, trained_dir)
+        reference = _logits(model, batches)
+        model = model.merge_and_unload()
+    else:
+        model = load_model(trained_dir, dtype=torch.float32)
+        reference = _logits(model, batches)
+    with atomic_dir(out_dir) as temp:
+        model.save_pretrained(temp, safe_serialization=True)
+        processor.save_pretrained(temp)
+        for name in ("vidtune.json",):
+            if (trained_dir / name).is_file():
+                shutil.copy2(trained_dir / name, temp / name)
+        merged = _logits(load_model(temp, dtype=torch.float32), batches)
+        differences = [float((a - b).abs().max()) for a, b in zip(reference, merged)]
+        finite = all(torch.isfinite(logits).all() for logits in reference + merged)
+        check = {"records": [str(record.get("id")) for record in check_records[:CHECK_RECORDS]],
+                 "max_abs_logit_difference": max(differences), "per_record": differences,
+                 "tolerance": tolerance, "finite": bool(finite), "passed": bool(finite and max(differences) <= tolerance),
+                 "source": "adapter" if is_adapter else "full", "method": settings.get("method")}
+        if not check["passed"]:
+            raise ModelError(f"merged model's logits differ from the trained model's by "
+                             f"{check['max_abs_logit_difference']:.3g} (tolerance {tolerance:g}; finite: {finite})",
+                             file=str(trained_dir), fix="re-run training; the adapter may be damaged")
+        write_json(temp / "merge_check.json", check)
+    return check
