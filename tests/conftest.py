@@ -62,7 +62,10 @@ class Workflow:
     def planned_jobs(self, *targets: str) -> dict[str, int]:
         """Rule name -> job count of what a dry run would do."""
         result = self.snakemake("-n", *targets)
-        return parse_job_stats(result.stdout + result.stderr)
+        jobs = parse_job_stats(result.stdout + result.stderr)
+        for target in targets:
+            jobs.pop(target, None)
+        return jobs
 
     def path(self, relative: str) -> Path:
         return self.workdir / relative

@@ -1,0 +1,137 @@
+"""Rerun only what is stale (issue 7): each kind of change reaches exactly the steps that depend on it.
+
+Every test works on its own copy of one finished reduced-demo run and checks both what Snakemake plans or
+runs and what was really done on disk (which frame folders were written).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from vidtune.demo import _render
+from vidtune.samples import read_split_table
+
+pytestmark = pytest.mark.integration
+
+def executed_jobs(result) -> dict[str, int]:
+    """Rule -> number of jobs a finished snakemake invocation really ran, from its own log."""
+    counts: dict[str, int] = {}
+    for match in re.finditer(r"^(?:local)?(?:rule|checkpoint) (\w+):$", result.stderr + result.stdout,
+                             re.MULTILINE):
+        counts[match.group(1)] = counts.get(match.group(1), 0) + 1
+    counts.pop("train_all", None)
+    return counts
+
+
+def frame_folders(workflow) -> dict[str, int]:
+    """Every complete frame folder in the cache, with its modification time in ns."""
+    cache = workflow.path("results/frames/cache")
+    return {str(p.relative_to(cache)): p.stat().st_mtime_ns for p in cache.glob("*/*")
+            if p.is_dir() and not p.name.startswith(".")}
+
+
+def predictions_of(workflow, which: str) -> Path:
+    return workflow.path(f"results/runs/demo/predictions/{which}.jsonl")
+
+
+@pytest.fixture
+def run_copy(quick_run, tmp_path):
+    return quick_run.copy(tmp_path / "work")
+
+
+def annotations(workflow) -> Path:
+    return workflow.path("results/demo/data/annotations.jsonl")
+
+
+def rewrite_annotations(workflow, edit) -> None:
+    path = annotations(workflow)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in edit(records)))
+
+
+def test_noop_after_complete_run(quick_run):
+    result = quick_run.snakemake("-n", "train_all")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_touching_annotations_without_change_runs_nothing(run_copy):
+    path = annotations(run_copy)
+    os.utime(path)  # a git checkout or a copy: new mtime, same bytes
+    result = run_copy.snakemake("-n", "train_all")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_caption_edit_extracts_no_frame(run_copy):
+    before = frame_folders(run_copy)
+    base_before = predictions_of(run_copy, "base").stat().st_mtime_ns
+
+    def edit(records):
+        records[0]["caption"] = records[0]["caption"] + " slowly"
+        return records
+
+    rewrite_annotations(run_copy, edit)
+    result = run_copy.snakemake("train_all")
+    ran = executed_jobs(result)
+    assert "extract_frames" not in ran
+    assert {"ingest", "split", "internvl_files", "train", "merge", "score"} <= set(ran)
+    assert frame_folders(run_copy) == before  # not one frame folder written again
+    targets = [s.target for s, _ in read_split_table(run_copy.path("results/datasets/demo/split.parquet"))]
+    assert sum(target.endswith(" slowly") for target in targets) == 1
+    if ran.get("predict") == 1:  # the edited caption was a training sample: test.jsonl kept its bytes
+        assert predictions_of(run_copy, "base").stat().st_mtime_ns == base_before
+
+
+def test_added_video_extracts_only_its_frames(run_copy):
+    before = frame_folders(run_copy)
+    data = run_copy.path("results/demo/data")
+    _render(data / "clip_new.mp4", "green", "bar", "right", size=64, seconds=1, fps=10, track=0.3, speed=0.8)
+    rewrite_annotations(run_copy, lambda r: r + [{"video": "clip_new.mp4", "caption": "a green bar moves to the right"}])
+    result = run_copy.snakemake("train_all")
+    after = frame_folders(run_copy)
+    assert set(before) < set(after) and len(set(after) - set(before)) == 1
+    assert {k: after[k] for k in before} == before  # old folders untouched
+    assert executed_jobs(result).get("extract_frames") == 1  # only the new video's shard
+
+
+def test_removed_video_leaves_training_data(run_copy):
+    before = frame_folders(run_copy)
+    removed = json.loads(annotations(run_copy).read_text().splitlines()[0])["video"]
+    rewrite_annotations(run_copy, lambda r: r[1:])
+    result = run_copy.snakemake("train_all")
+    assert frame_folders(run_copy) == before
+    jsonl = "".join(run_copy.path(f"results/datasets/demo/internvl/{s}.jsonl").read_text()
+                    for s in ("train", "val", "test"))
+    assert removed not in jsonl
+    assert "extract_frames" not in executed_jobs(result) or frame_folders(run_copy) == before
+
+
+def test_training_setting_change_reruns_training_steps_only(run_copy):
+    config = run_copy.config
+    config["runs"]["demo"]["training"]["learning_rate"] = 0.001
+    run_copy.write_config(config)
+    planned = run_copy.planned_jobs("train_all")
+    assert planned == {"train": 1, "merge": 1, "predict": 1, "score": 1, "runs_table": 1}
+
+
+def test_evaluation_setting_change_reruns_prediction_and_scoring(run_copy):
+    config = run_copy.config
+    config["runs"]["demo"]["evaluation"]["max_new_tokens"] = 5
+    run_copy.write_config(config)
+    planned = run_copy.planned_jobs("train_all")
+    assert planned == {"predict": 2, "score": 1, "runs_table": 1}
+
+
+def test_frame_setting_change_reextracts_every_video(run_copy):
+    before = frame_folders(run_copy)
+    config = run_copy.config
+    config["datasets"]["demo"]["frames"]["num_frames"] = 3
+    run_copy.write_config(config)
+    run_copy.snakemake("prepare_all")
+    after = frame_folders(run_copy)
+    videos = len(annotations(run_copy).read_text().splitlines())
+    assert len(set(after) - set(before)) == videos
