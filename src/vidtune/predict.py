@@ -1,0 +1,132 @@
+"""Captions from a base, adapter or merged model, asked exactly as in training.
+
+Library: :func:`predict_records` (InternVL JSONL records -> ``{"id", "prediction"}``). Command line::
+
+    python -m vidtune.predict --model DIR [--adapter DIR] --video FILE_OR_FRAME_FOLDER [--prompt TEXT]
+    python -m vidtune.predict --model DIR [--adapter DIR] --image FILE [--prompt TEXT]
+    python -m vidtune.predict --model DIR [--adapter DIR] --jsonl FILE --out FILE [--root DIR]
+
+Frames, prompt and tiling come from the ``vidtune.json`` training stored beside the model (defaults for a
+plain base model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from vidtune.atomic import write_jsonl
+from vidtune.errors import VidtuneError
+from vidtune.modeling import (collate, encode_sample, load_adapter_model, load_images, load_model,
+                              load_processor, load_record_media, read_run_settings, record_media_paths,
+                              record_text)
+
+EVALUATION_DEFAULTS = {"max_new_tokens": 128, "batch_size": 4, "do_sample": False, "temperature": 1.0,
+                       "top_p": 1.0, "num_beams": 1}
+
+
+class Predictor:
+    """A loaded model + processor + the run's prompt/frame settings, answering batches of samples."""
+
+    def __init__(self, model_dir: Path, adapter_dir: Path | None = None, evaluation: dict | None = None):
+        self.settings = read_run_settings(adapter_dir, model_dir)
+        self.evaluation = {**EVALUATION_DEFAULTS, **(evaluation or {})}
+        if adapter_dir is not None:
+            self.model = load_adapter_model(model_dir, adapter_dir)
+            self.processor = load_processor(adapter_dir)
+        else:
+            self.model = load_model(model_dir)
+            self.processor = load_processor(model_dir)
+        self.model.eval()
+
+    def answer(self, samples: Sequence[tuple[list, str, str]]) -> list[str]:
+        """Greedy (unless configured otherwise) answers for (images, prompt, media_type) samples."""
+        tokenizer = self.processor.tokenizer
+        max_dynamic_patch = int(self.settings.get("max_dynamic_patch", 6))
+        answers: list[str] = []
+        size = self.evaluation["batch_size"]
+        for start in range(0, len(samples), size):
+            encoded = [encode_sample(self.processor, images, prompt, media_type=media_type,
+                                     max_dynamic_patch=max_dynamic_patch)
+                       for images, prompt, media_type in samples[start:start + size]]
+            batch = collate(encoded, tokenizer.pad_token_id, padding_side="left")
+            batch["pixel_values"] = batch["pixel_values"].to(self.model.dtype)
+            torch.manual_seed(0)
+            with torch.no_grad():
+                output = self.model.generate(
+                    **batch, max_new_tokens=self.evaluation["max_new_tokens"],
+                    do_sample=self.evaluation["do_sample"], num_beams=self.evaluation["num_beams"],
+                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                    **({"temperature": self.evaluation["temperature"], "top_p": self.evaluation["top_p"]}
+                       if self.evaluation["do_sample"] else {}))
+            new_tokens = output[:, batch["input_ids"].shape[1]:]
+            answers += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        return answers
+
+
+def predict_records(model_dir: Path, records: list[dict], root: Path, evaluation: dict,
+                    adapter_dir: Path | None = None) -> list[dict]:
+    """``{"id", "prediction"}`` for each InternVL JSONL record (media relative to root), in order."""
+    predictor = Predictor(Path(model_dir), None if adapter_dir is None else Path(adapter_dir), evaluation)
+    samples = []
+    for record in records:
+        text = record_text(record)
+        samples.append((load_record_media(record, root), text.prompt, text.media_type))
+    answers = predictor.answer(samples)
+    return [{"id": record.get("id"), "prediction": answer} for record, answer in zip(records, answers)]
+
+
+def video_frames(path: Path, frames_config: dict) -> list:
+    """Frames of a video file, sampled as in training; a folder of extracted frames is read as is."""
+    if path.is_dir():
+        return load_images(record_media_paths({"video": path.name + "/"}, path.parent), str(path))
+    from vidtune.frames import FrameSettings, sample_frames
+
+    return sample_frames(path, FrameSettings.from_config(frames_config))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vidtune.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, type=Path, help="base or merged model folder")
+    parser.add_argument("--adapter", type=Path, help="a trained LoRA adapter folder (training's final/)")
+    media = parser.add_mutually_exclusive_group(required=True)
+    media.add_argument("--video", type=Path, help="a video file, or a folder of extracted frames")
+    media.add_argument("--image", type=Path, help="an image file")
+    media.add_argument("--jsonl", type=Path, help="InternVL JSONL records to caption")
+    parser.add_argument("--out", type=Path, help="with --jsonl: where to write {id, prediction} lines")
+    parser.add_argument("--root", type=Path, help="with --jsonl: media root (default: the JSONL's folder)")
+    parser.add_argument("--prompt", help="the question (default: the prompt the model was trained with)")
+    parser.add_argument("--max-new-tokens", type=int, default=EVALUATION_DEFAULTS["max_new_tokens"])
+    args = parser.parse_args(argv)
+    if args.jsonl and not args.out:
+        parser.error("--jsonl needs --out")
+    evaluation = {"max_new_tokens": args.max_new_tokens}
+    try:
+        if args.jsonl:
+            records = [json.loads(line) for line in args.jsonl.read_text(encoding="utf-8").splitlines()
+                       if line.strip()]
+            predictions = predict_records(args.model, records, args.root or args.jsonl.parent, evaluation,
+                                          args.adapter)
+            write_jsonl(args.out, predictions)
+            print(f"{len(predictions)} predictions written to {args.out}")
+            return 0
+        predictor = Predictor(args.model, args.adapter, evaluation)
+        prompt = args.prompt or predictor.settings.get("prompt", "Describe the video.")
+        if args.video:
+            sample = (video_frames(args.video, predictor.settings.get("frames", {})), prompt, "video")
+        else:
+            sample = (load_images([args.image], str(args.image)), prompt, "image")
+        print(predictor.answer([sample])[0])
+        return 0
+    except VidtuneError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
