@@ -1,0 +1,135 @@
+"""InternVL JSONL/meta.json and InternVideo2.5 export: exact format, rejects, summary, byte determinism."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import fixtures_datasets as fx
+from vidtune.errors import DataError
+from vidtune.internvl_files import meta_entry, write_internvideo_export, write_internvl_dataset, write_meta
+from vidtune.samples import Sample, write_split_table
+
+
+def sample(local_id, media_type="video", **fields):
+    defaults = dict(media_path=f"{local_id}.mp4" if media_type == "video" else f"{local_id}.jpg",
+                    prompt="Describe the video.", target=f"caption of {local_id}",
+                    references=(f"caption of {local_id}",), group_key=local_id, source=f"ann.jsonl:{local_id}")
+    return Sample(sample_id=f"d/{local_id}", dataset="d", media_type=media_type, **{**defaults, **fields})
+
+
+def video_item(key, *ids):
+    return {"status": "ok", "media_type": "video", "frames_dir": f"results/frames/cache/{key[:2]}/{key}/",
+            "frames": ["frame_000001.jpg", "frame_000002.jpg"], "timestamps": [0.25, 0.75],
+            "width": 64, "height": 64, "sample_ids": list(ids)}
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    samples = [
+        (sample("a"), "train"),
+        (sample("b", clip_start=0.0, clip_end=1.0, duration=2.0), "train"),
+        (sample("c", media_type="image"), "test"),
+        (sample("broken"), "train"),
+    ]
+    table = tmp_path / "split.parquet"
+    write_split_table(table, samples)
+    shard0 = tmp_path / "shard0.json"
+    shard1 = tmp_path / "shard1.json"
+    shard0.write_text(json.dumps({"items": {
+        "aa11": video_item("aa11", "d/a"),
+        "bb22": {"status": "rejected", "reason": "undecodable: moov atom not found", "file": "data/broken.mp4",
+                 "sample_ids": ["d/broken"]},
+    }, "summary": {}}))
+    shard1.write_text(json.dumps({"items": {
+        "cc33": {**video_item("cc33", "d/b"), "frames_dir": "results/frames/cache/cc/cc33"},  # no "/"
+        "dd44": {"status": "ok", "media_type": "image", "image": "results/frames/cache/dd/dd44/image.jpg",
+                 "width": 64, "height": 48, "sample_ids": ["d/c"]},
+    }, "summary": {}}))
+    return table, [shard0, shard1]
+
+
+def lines(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_internvl_records_follow_the_documented_format(tmp_path, inputs):
+    table, shards = inputs
+    out = tmp_path / "out"
+    write_internvl_dataset(table, shards, out, "d", {"root": "data"})
+    train = (out / "train.jsonl").read_text().splitlines()
+    assert train[0] == json.dumps({
+        "id": "d/a", "video": "results/frames/cache/aa/aa11/",
+        "conversations": [{"from": "human", "value": "<video>\nDescribe the video."},
+                          {"from": "gpt", "value": "caption of a"}]})
+    assert json.loads(train[1])["video"] == "results/frames/cache/cc/cc33/"  # always a folder ending in /
+    assert len(train) == 2  # the rejected sample is not trained on
+    (image,) = lines(out / "test.jsonl")
+    assert list(image) == ["id", "image", "width", "height", "conversations"]
+    assert (image["image"], image["width"], image["height"]) == ("results/frames/cache/dd/dd44/image.jpg", 64, 48)
+    assert image["conversations"][0]["value"] == "<image>\nDescribe the video."
+    assert (out / "val.jsonl").read_text() == ""  # always written, maybe empty
+
+
+def test_rejects_and_summary(tmp_path, inputs):
+    table, shards = inputs
+    ingest_rejects = fx.write_jsonl(tmp_path / "ingest_rejects.jsonl", [
+        {"file": "ann.jsonl", "record": "line 9", "reason": "missing_media: x.mp4 does not exist"}])
+    summary = write_internvl_dataset(table, shards, tmp_path / "out", "d", {}, ingest_rejects=ingest_rejects)
+    assert lines(tmp_path / "out" / "rejects.jsonl") == [{
+        "file": "data/broken.mp4", "record": "d/broken", "reason": "undecodable: moov atom not found",
+        "source": "ann.jsonl:broken", "stage": "frames"}]
+    assert summary == {"dataset": "d", "samples": {"train": 2, "val": 0, "test": 1}, "total": 3,
+                       "rejects": {"ingest": {"missing_media": 1}, "frames": {"undecodable": 1}}, "rejected": 2}
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary
+
+
+def test_output_is_byte_deterministic(tmp_path, inputs):
+    table, shards = inputs
+    write_internvl_dataset(table, shards, tmp_path / "one", "d", {})
+    write_internvl_dataset(table, list(reversed(shards)), tmp_path / "two", "d", {})
+    for name in ["train.jsonl", "val.jsonl", "test.jsonl", "rejects.jsonl", "summary.json"]:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    assert not [p for p in (tmp_path / "one").iterdir() if ".tmp-" in p.name]
+
+
+def test_sample_missing_from_every_index_stops_the_step(tmp_path, inputs):
+    table, shards = inputs
+    with pytest.raises(DataError, match="d/b is in no frame-extraction index"):
+        write_internvl_dataset(table, shards[:1], tmp_path / "out", "d", {})
+
+
+def test_meta_json_entries(tmp_path):
+    cfg_a = {"repeat_time": 2, "max_dynamic_patch": 12}
+    meta = write_meta([("b", Path("results/internvl/b/train.jsonl"), 7, {}),
+                       ("a", Path("results/internvl/a/train.jsonl"), 3, cfg_a)], tmp_path / "meta.json")
+    assert meta["a"] == {"root": str(Path.cwd().resolve()) + os.sep,
+                         "annotation": str(Path.cwd() / "results/internvl/a/train.jsonl"),
+                         "data_augment": False, "max_dynamic_patch": 12, "repeat_time": 2, "length": 3}
+    assert meta["b"]["repeat_time"] == 1 and meta["b"]["max_dynamic_patch"] == 6
+    written = (tmp_path / "meta.json").read_text()
+    assert json.loads(written) == meta and list(json.loads(written)) == ["a", "b"]
+    assert meta_entry(Path("x.jsonl"), 1, {}, root=tmp_path)["root"] == str(tmp_path.resolve()) + os.sep
+
+
+def test_internvideo_export(tmp_path, inputs):
+    table, shards = inputs
+    root = tmp_path / "data"
+    fx.make_video(root / "a.mp4", seconds=2.0)  # no duration in the table: read from the container
+    summary = write_internvideo_export(table, shards, tmp_path / "iv", "d",
+                                       {"root": str(root), "repeat_time": 3})
+    first, second = lines(tmp_path / "iv" / "train.jsonl")
+    assert first["video"] == "a.mp4" and first["duration"] == pytest.approx(2.0, abs=0.05)
+    assert "start" not in first
+    assert first["conversations"][0] == {"from": "human", "value": "<image>\nDescribe the video."}
+    assert second["id"] == "d/b" and (second["start"], second["end"]) == (0.0, 1.0)
+    assert (tmp_path / "iv" / "test.jsonl").read_text() == ""  # images are left out
+    assert summary["images_left_out"] == 1
+    meta = json.loads((tmp_path / "iv" / "diy_ft_data.json").read_text())
+    assert meta == {"d": {"root": str(root.resolve()) + os.sep,
+                          "annotation": str((tmp_path / "iv" / "train.jsonl").resolve()),
+                          "data_augment": False, "repeat_time": 3, "video_read_type": "decord",
+                          "sampling_strategy": "all", "length": 2}}
