@@ -135,6 +135,7 @@ def test_reject_share_over_threshold_fails_and_writes_rejects(tmp_path):
     message = str(error.value)
     assert "'mine'" in message and "max_reject_share" in message and str(rejects_path) in message
     assert "missing_media 2" in message
+    assert [r.reason.split(":")[0] for r in error.value.rejects] == ["missing_media"] * 2
     lines = [json.loads(line) for line in rejects_path.read_text().splitlines()]
     assert [line["reason"].split(":")[0] for line in lines] == ["missing_media"] * 2
     assert set(lines[0]) == {"file", "record", "reason"}

@@ -170,14 +170,18 @@ def _fail_if_unusable(name: str, summary: dict, rejects: list[Reject],
     where = f"the rejects are in {rejects_path}" if rejects_path else "see the dataset's rejects file"
     examples = "; ".join(f"{r.file} ({r.record}): {r.reason}" for r in rejects[:3])
     counts = ", ".join(f"{code} {n}" for code, n in summary["rejects_by_reason"].items())
+    error = None
     if summary["samples"] == 0:
-        raise DataError(
+        error = DataError(
             f"dataset {name!r} has no usable sample ({summary['records']} records, {summary['rejected']} "
             f"rejected: {counts or 'none found'}){'. First: ' + examples if examples else ''}",
             fix=f"{where}; check datasets.{name}.root, annotations and options")
-    if summary["reject_share"] > summary["max_reject_share"]:
-        raise DataError(
+    elif summary["reject_share"] > summary["max_reject_share"]:
+        error = DataError(
             f"dataset {name!r}: {summary['rejected']} of {summary['records']} records rejected "
             f"({summary['reject_share']:.1%} > max_reject_share {summary['max_reject_share']:.1%}: {counts}). "
             f"First: {examples}",
             fix=f"{where}; fix the records, or raise datasets.{name}.max_reject_share")
+    if error is not None:
+        error.rejects = rejects  # every reject, for a caller that logs them before failing
+        raise error
