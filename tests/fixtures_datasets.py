@@ -228,7 +228,8 @@ def make_nexar_dataset(root: Path, layout: str = "metadata") -> dict:
         records = []
         for index in range(4):
             make_video(root / "dataset" / "videos" / f"{index + 1:05d}.mp4", variant=30 + index)
-            record = {"file_name": f"videos/{index + 1:05d}.mp4", "caption": f"The car drives past {index} parked cars.",
+            record = {"file_name": f"videos/{index + 1:05d}.mp4",
+                      "caption": f"The car drives past {index} parked cars.",
                       "event_type": "near_miss" if index % 2 else "normal",
                       "rule_violations": ["speeding"] if index == 1 else [],
                       "intended_driving_action": "go_straight", "traffic_density": "low", "visibility": "good"}

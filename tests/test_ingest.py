@@ -176,3 +176,18 @@ def test_format_rejects_flow_through_ingest(tmp_path):
     result = ingest_dataset("coco", cfg)
     assert [r.reason.split(":")[0] for r in result.rejects] == ["empty_target"]
     assert len(result.samples) == 5
+
+
+def test_same_inputs_give_byte_identical_tables(tmp_path):
+    from vidtune.samples import write_split_table, write_table
+    from vidtune.split import assign_splits
+
+    cfg = fx.make_ego4d_dataset(tmp_path / "data", target="narrations")
+    outputs = []
+    for attempt in range(2):
+        result = ingest_dataset("ego", cfg)
+        write_table(tmp_path / f"samples{attempt}.parquet", result.samples)
+        splits = assign_splits(result.samples, cfg["split"])
+        write_split_table(tmp_path / f"split{attempt}.parquet", zip(result.samples, splits))
+        outputs.append([(tmp_path / f"{kind}{attempt}.parquet").read_bytes() for kind in ("samples", "split")])
+    assert outputs[0] == outputs[1]

@@ -70,7 +70,8 @@ def _train(name: str, cfg: dict, path: Path) -> Iterator[Sample | Reject]:
         try:
             number = image_id(item.media_path)
         except ValueError as error:
-            keyed.append((Reject(str(path), item.source.rsplit(":", 1)[-1], reason("malformed_record", str(error))), None))
+            record = item.source.rsplit(":", 1)[-1]
+            keyed.append((Reject(str(path), record, reason("malformed_record", str(error))), None))
             continue
         captions[number].append(item.target)
         keyed.append((item, number))
