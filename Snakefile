@@ -27,6 +27,7 @@ include: "rules/merge.smk"
 include: "rules/predict.smk"
 include: "rules/score.smk"
 include: "rules/report.smk"
+include: "rules/export.smk"
 
 
 rule prepare_all:
@@ -41,6 +42,11 @@ rule train_all:
         expand(rules.score.output.metrics, run=RUNS),
         expand(rules.merge.output.model, run=RUNS),
         rules.runs_table.output.table,
+
+
+rule export:
+    input:
+        expand(rules.internvideo_export.output.meta, dataset=USED_DATASETS),
 
 
 rule evaluate_all:

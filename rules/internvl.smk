@@ -8,6 +8,7 @@
 checkpoint internvl_files:
     input:
         table=rules.split.output.table,
+        ingest_rejects=rules.ingest.output.rejects,
         indexes=lambda wildcards: expand(
             rules.extract_frames.output.index, dataset=wildcards.dataset, shard=shard_ids(wildcards.dataset)
         ),
