@@ -233,12 +233,14 @@ def collate(samples: Sequence[dict[str, torch.Tensor]], pad_token_id: int, paddi
     fills = {"input_ids": pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
     batch: dict[str, torch.Tensor] = {}
     for key, fill in fills.items():
-        if key not in samples[0]:
+        if not any(key in sample for sample in samples):
             continue
         rows = []
         for sample in samples:
-            pad = torch.full((length - len(sample[key]),), fill, dtype=sample[key].dtype)
-            rows.append(torch.cat([pad, sample[key]] if padding_side == "left" else [sample[key], pad]))
+            # A sample without labels (a prompt only) learns nothing.
+            values = sample.get(key, torch.full_like(sample["input_ids"], fill))
+            pad = torch.full((length - len(values),), fill, dtype=values.dtype)
+            rows.append(torch.cat([pad, values] if padding_side == "left" else [values, pad]))
         batch[key] = torch.stack(rows)
     batch["pixel_values"] = torch.cat([sample["pixel_values"] for sample in samples])
     return batch
