@@ -1,0 +1,192 @@
+"""Training on CPU with the tiny model: each method learns, QLoRA quantises, resume and signals work."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from vidtune.errors import DataError, ModelError
+from vidtune.tiny_model import build_tiny_model, write_synthetic_dataset
+from vidtune.train import (COMPLETE_MARKER, check_weights_changed, deepspeed_config, launch_command,
+                           load_training_items, train)
+
+torch.set_num_threads(1)
+SETTINGS = {"image_size": 32, "patch_size": 8, "vision_hidden_size": 32, "vision_layers": 1,
+            "text_hidden_size": 64, "text_layers": 2, "seed": 0}
+FAST = {"epochs": 4, "learning_rate": 2e-3, "batch_size": 4, "save_steps": 4, "warmup_ratio": 0.0,
+        "lora": {"dropout": 0.0}}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    build_tiny_model(folder, SETTINGS)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def meta(tmp_path_factory):
+    return write_synthetic_dataset(tmp_path_factory.mktemp("data"), 8, num_frames=2, size=32, images=2)
+
+
+def _losses(out_dir: Path) -> list[float]:
+    return [entry["loss"] for entry in json.loads((out_dir / "loss.json").read_text())]
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "full"])
+def test_each_method_learns(method, tiny, meta, tmp_path):
+    summary = train(meta, tiny, tmp_path, {**FAST, "method": method})
+    losses = _losses(tmp_path)
+    assert len(losses) == summary["steps"] == 8
+    assert sum(losses[-2:]) < sum(losses[:2]) - 0.1
+    final = tmp_path / "final"
+    settings = json.loads((final / "vidtune.json").read_text())
+    assert settings["prompt"] == "Describe the video." and settings["frames"]["num_frames"] == 2
+    assert (final / ("model.safetensors" if method == "full" else "adapter_model.safetensors")).is_file()
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((tmp_path / "runs").iterdir())
+    for key in ("samples_per_s", "tokens_per_s", "peak_memory_gib", "trainable_params"):
+        assert summary[key] > 0
+    assert summary["weights_check"]["unchanged_tensors"] == 0
+    assert json.loads((tmp_path / "train_summary.json").read_text())["steps"] == 8
+    if method == "full":
+        assert summary["trainable_params"] < summary["total_params"]  # vision tower frozen by default
+
+
+def test_qlora_quantises_the_language_model_only(tiny):
+    import bitsandbytes as bnb
+
+    from vidtune.modeling import load_model
+
+    model = load_model(tiny, quantization="nf4")
+    quantised = [name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)]
+    assert quantised and all(name.startswith("model.language_model.") for name in quantised)
+    assert all(not module.support_avx512bf16_for_cpu for module in model.modules()
+               if isinstance(module, bnb.nn.Linear4bit))
+
+
+def test_lora_targets_the_language_model_only(tiny):
+    from vidtune.modeling import load_model
+    from vidtune.train import lora_target_modules
+
+    model = load_model(tiny)
+    targets = lora_target_modules(model)
+    assert targets and all(name.startswith("model.language_model.") for name in targets)
+    assert {name.rsplit(".", 1)[1] for name in targets} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                              "up_proj", "down_proj"}
+    assert any(".vision_tower." in name for name in lora_target_modules(model, vision=True))
+
+
+def test_over_long_samples_dropped_or_truncated(tiny, meta):
+    from vidtune.modeling import load_processor
+
+    processor = load_processor(tiny)
+    limit = 50  # one 32px frame is 4 visual tokens + 2; two frames and the text don't fit
+    items, dropped, truncated, _ = load_training_items(
+        meta, processor, {"max_seq_length": limit, "over_length": "truncate_frames", "seed": 0}, _log())
+    assert truncated and all("to 1 frames" in entry["reason"] for entry in truncated)
+    assert all(item.length <= limit for item in items)
+    with pytest.raises(DataError, match="no usable training sample"):
+        load_training_items(meta, processor, {"max_seq_length": 20, "over_length": "drop", "seed": 0}, _log())
+
+
+def _log():
+    import logging
+
+    return logging.getLogger("test")
+
+
+def test_weights_check_catches_untrained_lora(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    before = {name: p.detach().flatten().clone() for name, p in model.named_parameters()}
+    with pytest.raises(ModelError, match="changed no trainable weight"):
+        check_weights_changed(model, before, tmp_path)
+    with torch.no_grad():
+        model.weight.add_(1)
+    save_file({"base_model.model.layer.lora_A.weight": torch.ones(2, 2),
+               "base_model.model.layer.lora_B.weight": torch.zeros(2, 2)}, tmp_path / "adapter_model.safetensors")
+    with pytest.raises(ModelError, match="1 of 1 saved LoRA B matrices are all zeros"):
+        check_weights_changed(model, before, tmp_path)
+
+
+def test_deepspeed_config_and_launch():
+    config = deepspeed_config({"deepspeed": "zero3", "offload": True, "batch_size": 2,
+                               "gradient_accumulation_steps": 4, "gpus": 4})
+    assert config["train_batch_size"] == 2 * 4 * 4
+    assert config["train_micro_batch_size_per_gpu"] == 2 and config["gradient_accumulation_steps"] == 4
+    zero = config["zero_optimization"]
+    assert zero["stage"] == 3 and zero["offload_param"]["device"] == "cpu"
+    assert zero["stage3_gather_16bit_weights_on_model_save"]
+    assert "offload_param" not in deepspeed_config({"deepspeed": "zero2", "offload": True})["zero_optimization"]
+    assert launch_command("train.py", ["--x"], 1) == [sys.executable, "train.py", "--x"]
+    command = launch_command("train.py", ["--x"], 4)
+    assert "torch.distributed.run" in command and "--nproc_per_node=4" in command and command[-2:] == ["train.py", "--x"]
+
+
+SLOW_TRAIN = """
+import sys, time, torch
+torch.set_num_threads(1)
+from pathlib import Path
+import vidtune.train as t
+get = t.EncodedDataset.__getitem__
+t.EncodedDataset.__getitem__ = lambda self, i: (time.sleep(float(sys.argv[4])), get(self, i))[1]
+t.train(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]),
+        {"epochs": 6, "learning_rate": 2e-3, "batch_size": 2, "save_steps": 3, "save_total_limit": 2,
+         "lora": {"dropout": 0.0}}, log=Path(sys.argv[3]) / "train.log")
+"""
+
+
+def _start(meta, tiny, out, delay):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", SLOW_TRAIN, str(meta), str(tiny), str(out), str(delay)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, process, timeout=120):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.stderr.read()
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.1)
+
+
+def test_resume_after_sigkill_and_checkpoint_on_sigterm(tiny, meta, tmp_path):
+    # 8 samples, batch 2 -> 4 steps an epoch, 24 steps; checkpoints every 3.
+    first = _start(meta, tiny, tmp_path, 0.15)
+    _wait_for(tmp_path / "checkpoints" / "checkpoint-3" / COMPLETE_MARKER, first)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    half_written = tmp_path / "checkpoints" / "checkpoint-999"
+    half_written.mkdir()
+    (half_written / "trainer_state.json").write_text("{")
+
+    second = _start(meta, tiny, tmp_path, 0.15)
+    _wait_for(tmp_path / "checkpoints" / "checkpoint-6" / COMPLETE_MARKER, second)
+    second.send_signal(signal.SIGTERM)  # SLURM's time-limit warning: checkpoint now, then exit
+    assert second.wait(timeout=120) == 128 + signal.SIGTERM
+    log = (tmp_path / "train.log").read_text()
+    assert "resuming from" in log and "checkpoint-3" in log and "removing half-written" in log
+    stopped = max(int(p.name.split("-")[1]) for p in (tmp_path / "checkpoints").glob("checkpoint-*"))
+    assert stopped >= 6 and (tmp_path / "checkpoints" / f"checkpoint-{stopped}" / COMPLETE_MARKER).is_file()
+    assert not (tmp_path / "final").exists()
+
+    third = _start(meta, tiny, tmp_path, 0.0)
+    assert third.wait(timeout=300) == 0, third.stderr.read()
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["resumed_from"]["step"] == stopped
+    assert summary["resumed_from"]["optimizer_step"] == stopped  # Adam's state came back with the checkpoint
+    assert summary["steps"] == 24 and summary["steps_this_run"] == 24 - stopped
+    steps = [entry["step"] for entry in json.loads((tmp_path / "loss.json").read_text())]
+    assert steps == list(range(1, 25))
+    assert (tmp_path / "final" / "adapter_model.safetensors").is_file()
