@@ -183,7 +183,7 @@ def test_captions_render_as_snakemake_renders_them():
     for name in sorted(names):
         text = Environment().from_string((REPORT_DIR / name).read_text()).render(
             snakemake=Snakemake, categories={}, files=[])
-        body = publish_parts(text, writer_name="html",
+        body = publish_parts(text, writer="html",
                              settings_overrides={"halt_level": 2, "report_level": 5})["body"]
         assert body.strip(), name
         if "wildcards.run" in (REPORT_DIR / name).read_text():

@@ -88,8 +88,9 @@ def _tokenize(captions: dict[Any, list[str]]) -> dict[Any, list[str]]:
     """PTB-tokenize every caption in one Java call, exactly as pycocoevalcap's PTBTokenizer does.
 
     Same jar, flags and punctuation list, but the input file goes to a temporary folder (the wrapper
-    writes it next to the jar, which fails in a read-only environment) and the output must have exactly
-    one line per caption (the wrapper's ``zip`` would silently shift captions onto the wrong ids).
+    writes it next to the jar, which fails in a read-only environment), is read as UTF-8 whatever the
+    locale, and the output must have exactly one line per caption (the wrapper's ``zip`` would silently
+    shift captions onto the wrong ids).
     """
     from pycocoevalcap.tokenizer import ptbtokenizer
 
@@ -131,7 +132,7 @@ def _score_jobs(jobs: list[tuple[References, list[Predictions]]]
 
     raw: dict[tuple, list[str]] = {}
     for j, (references, prediction_sets) in enumerate(jobs):
-        for p, predictions in enumerate(prediction_sets):
+        for predictions in prediction_sets:
             _check_ids(references, predictions)
         for sample_id, refs in _clean_references(references).items():
             raw[(j, "ref", sample_id)] = refs
