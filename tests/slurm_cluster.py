@@ -26,7 +26,7 @@ from typing import Iterator
 
 import pytest
 
-DAEMONS = ("munged", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd", "sbatch", "sacct",
+DAEMONS = ("munged", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd", "sbatch", "srun", "sacct",
            "sacctmgr", "squeue", "scancel")
 CLUSTER = "vidtune-test"
 DB_USER, DB_PASSWORD, DB_NAME = "slurm", "vidtune-test", "slurm_acct_db"
@@ -63,7 +63,8 @@ class SlurmCluster:
     @property
     def env(self) -> dict[str, str]:
         """The environment in which SLURM's commands (sbatch, sacct, ...) talk to this cluster."""
-        return {**os.environ, "SLURM_CONF": str(self.conf)}
+        return {**os.environ, "SLURM_CONF": str(self.conf),
+                "PATH": f"{self.root / 'bin'}{os.pathsep}{os.environ.get('PATH', os.defpath)}"}
 
     def command(self, *args: str, check: bool = True, timeout: float = 30) -> str:
         result = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -86,6 +87,7 @@ class SlurmCluster:
         for folder in ("etc", "munge", "mysql", "state/ctld", "state/d", "logs", "run"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)  # munge and mysql must reach their own folders below
+        self._write_srun()
         ports = free_ports(4)
         self.mysql_port, self.dbd_port, self.ctld_port, self.slurmd_port = ports
         self._start_munge()
@@ -103,6 +105,15 @@ class SlurmCluster:
 
     def node_state(self) -> str:
         return self.command("sinfo", "-h", "-N", "-o", "%t", check=False).strip().split("\n")[0]
+
+    def _write_srun(self) -> None:
+        """Inside a job the plugin starts the rule with `srun` but removes SLURM_CONF from srun's environment
+        (a real cluster has its config at the default path), so srun finds this cluster through a wrapper
+        that comes first on the PATH the jobs inherit."""
+        srun = self.root / "bin" / "srun"
+        srun.parent.mkdir(exist_ok=True)
+        srun.write_text(f"#!/bin/sh\nSLURM_CONF={self.conf} exec {shutil.which('srun')} \"$@\"\n")
+        srun.chmod(0o755)
 
     def _start_munge(self) -> None:
         folder = self.root / "munge"
