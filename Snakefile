@@ -12,7 +12,7 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-# report: "workflow/report/workflow.rst"
+report: "workflow/report/workflow.rst"
 
 
 include: "rules/common.smk"
@@ -42,6 +42,8 @@ rule train_all:
         expand(rules.score.output.metrics, run=RUNS),
         expand(rules.merge.output.model, run=RUNS),
         rules.runs_table.output.table,
+        expand(rules.report_run.output, run=RUNS),
+        rules.report_overview.output,
 
 
 rule export:

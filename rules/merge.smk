@@ -7,8 +7,7 @@ rule merge:
         trained=rules.train.output.final,
         check=dataset_split_file("train"),
     output:
-        model=directory(f"{RESULTS}/runs/{{run}}/merged"),
-        check=f"{RESULTS}/runs/{{run}}/merge_check.json",
+        model=directory(f"{RESULTS}/runs/{{run}}/merged"),  # holds merge_check.json, the logit check
     params:
         trust_remote_code=lambda wildcards: config["models"][run_config(wildcards)["model"]][
             "trust_remote_code"

@@ -12,7 +12,13 @@ rule train:
         final=directory(f"{RESULTS}/runs/{{run}}/train/final"),
         summary=f"{RESULTS}/runs/{{run}}/train/train_summary.json",
         loss=f"{RESULTS}/runs/{{run}}/train/loss.json",
-        loss_plot=f"{RESULTS}/runs/{{run}}/train/loss.png",
+        loss_plot=report(
+            f"{RESULTS}/runs/{{run}}/train/loss.png",
+            caption="../workflow/report/loss_curve.rst",
+            category="Run {run}",
+            subcategory="Training",
+            labels={"run": "{run}", "figure": "loss curve"},
+        ),
     params:
         training=lambda wildcards: run_config(wildcards)["training"],
         trust_remote_code=lambda wildcards: config["models"][run_config(wildcards)["model"]][

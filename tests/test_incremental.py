@@ -18,6 +18,10 @@ from vidtune.samples import read_split_table
 
 pytestmark = pytest.mark.integration
 
+# The steps after scoring that tabulate and report a run's metrics.
+REPORTING = {"runs_table": 1, "report_run": 1, "report_overview": 1}
+
+
 def executed_jobs(result) -> dict[str, int]:
     """Rule -> number of jobs a finished snakemake invocation really ran, from its own log."""
     counts: dict[str, int] = {}
@@ -115,7 +119,7 @@ def test_training_setting_change_reruns_training_steps_only(run_copy):
     config["runs"]["demo"]["training"]["learning_rate"] = 0.001
     run_copy.write_config(config)
     planned = run_copy.planned_jobs("train_all")
-    assert planned == {"train": 1, "merge": 1, "predict": 1, "score": 1, "runs_table": 1}
+    assert planned == {"train": 1, "merge": 1, "predict": 1, "score": 1, **REPORTING}
 
 
 def test_evaluation_setting_change_reruns_prediction_and_scoring(run_copy):
@@ -123,7 +127,7 @@ def test_evaluation_setting_change_reruns_prediction_and_scoring(run_copy):
     config["runs"]["demo"]["evaluation"]["max_new_tokens"] = 5
     run_copy.write_config(config)
     planned = run_copy.planned_jobs("train_all")
-    assert planned == {"predict": 2, "score": 1, "runs_table": 1}
+    assert planned == {"predict": 2, "score": 1, **REPORTING}
 
 
 def test_frame_setting_change_reextracts_every_video(run_copy):

@@ -1,0 +1,30 @@
+"""Write one run's report pages: metrics table and chart, configuration, sample gallery (rule report_run)."""
+
+from vidtune.runtime import start_script
+
+log = start_script(snakemake, "report_run")  # noqa: F821 - injected by Snakemake
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from vidtune.modeling import record_media_paths  # noqa: E402
+from vidtune.report import config_html, gallery_html, metrics_bar_chart, metrics_table_html  # noqa: E402
+
+
+def read_jsonl(path):
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+metrics = json.loads(Path(snakemake.input.metrics).read_text(encoding="utf-8"))
+out = snakemake.output
+metrics_table_html(metrics, out.metrics_table)
+metrics_bar_chart(metrics, out.metrics_chart)
+config_html({"run": snakemake.params.run, "model": snakemake.params.model,
+             "datasets": snakemake.params.datasets}, out.config)
+frames = {record["id"]: [str(p) for p in record_media_paths(record, Path("."))]
+          for path in snakemake.input.records for record in read_jsonl(path)}
+evaluation = snakemake.params.run["evaluation"]
+gallery_html(read_jsonl(snakemake.input.per_sample), frames, out.gallery, size=evaluation["gallery_size"],
+             seed=0)
+log.info("report pages written")
