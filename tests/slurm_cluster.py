@@ -3,8 +3,8 @@
 Everything lives in one temporary folder (configs, keys, state, logs, the database); the daemons run in the
 foreground as children of the test process and are stopped by PID, also when starting one of them fails.
 Accounting (slurmdbd with MariaDB) is on, so `sacct` works: the executor plugin's default status command, and
-the record the tests read to see what each job asked for. The node has one fake GPU (`File=/dev/null`) of the
-GPU model the profile asks for, so `--gpus=<model>:1` jobs are scheduled and get CUDA_VISIBLE_DEVICES=0.
+the record the tests read to see what each job asked for. The node has two fake GPUs (/dev/null, /dev/zero) of
+the GPU model the profile asks for, so `--gpus=<model>:N` jobs are scheduled and get CUDA_VISIBLE_DEVICES.
 
 Needs root and the packages of `bash envs/install_system_packages.sh --slurm` (which `make test` runs); the
 fixture skips the test otherwise.
@@ -25,13 +25,16 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import yaml
 
 DAEMONS = ("munged", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd", "sbatch", "srun", "sacct",
            "sacctmgr", "squeue", "scancel")
+PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "slurm"
 CLUSTER = "vidtune-test"
 DB_USER, DB_PASSWORD, DB_NAME = "slurm", "vidtune-test", "slurm_acct_db"
 NODE_CPUS = 8  # more than this machine has (SlurmdParameters=config_overrides): small jobs run side by side
 NODE_MEMORY_MB = 128_000  # declared, not enforced: the merge step asks for 32 GB
+NODE_GPUS = ("/dev/null", "/dev/zero")  # stand-ins for two GPU devices: a multi-GPU request can be scheduled
 START_TIMEOUT_S = 90
 
 
@@ -41,12 +44,25 @@ class ClusterError(RuntimeError):
 
 @dataclass
 class Site:
-    """The site-specific names the profile uses; the test cluster is built to match them."""
+    """The site-specific names a profile uses; the test cluster is built to match them."""
 
     account: str
     cpu_partition: str
     gpu_partition: str
-    gpu_model: str
+    gpu_model: str | None  # None: the profile takes any GPU type
+
+    @classmethod
+    def from_profile(cls, profile: Path) -> "Site":
+        """The site block of profiles/slurm: default account and partition, the train step's GPU settings."""
+        settings = yaml.safe_load((profile / "config.yaml").read_text())
+        defaults, gpu_step = settings["default-resources"], settings["set-resources"]["train"]
+        return cls(account=str(defaults["slurm_account"]), cpu_partition=str(defaults["slurm_partition"]),
+                   gpu_partition=str(gpu_step.get("slurm_partition", defaults["slurm_partition"])),
+                   gpu_model=gpu_step.get("gpu_model"))
+
+    @property
+    def gres(self) -> str:
+        return f"gpu:{self.gpu_model}" if self.gpu_model else "gpu"
 
 
 @dataclass
@@ -187,17 +203,18 @@ AccountingStorageHost=localhost
 AccountingStoragePort={self.dbd_port}
 # Connections to slurmdbd take their munge socket from here, not from AuthInfo.
 AccountingStoragePass={self.munge_socket}
-AccountingStorageTRES=gres/gpu,gres/gpu:{site.gpu_model}
+AccountingStorageTRES=gres/gpu{f',gres/{site.gres}' if site.gpu_model else ''}
 AccountingStoreFlags=job_comment
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 NodeName={self.node} NodeAddr=127.0.0.1 CPUs={NODE_CPUS} RealMemory={NODE_MEMORY_MB} \
-Gres=gpu:{site.gpu_model}:1 State=UNKNOWN
+Gres={site.gres}:{len(NODE_GPUS)} State=UNKNOWN
 PartitionName={site.cpu_partition} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 """ + (f"PartitionName={site.gpu_partition} Nodes={self.node} MaxTime=INFINITE State=UP\n"
        if site.gpu_partition != site.cpu_partition else ""))
-        # A count-only gres.conf line (no File) leaves the node INVAL; /dev/null stands in for the device.
-        (etc / "gres.conf").write_text(f"NodeName={self.node} Name=gpu Type={site.gpu_model} File=/dev/null\n")
+        # A count-only gres.conf line (no File) leaves the node INVAL; harmless devices stand in for GPUs.
+        gpu_type = f" Type={site.gpu_model}" if site.gpu_model else ""
+        (etc / "gres.conf").write_text(f"NodeName={self.node} Name=gpu{gpu_type} File={','.join(NODE_GPUS)}\n")
         dbd = etc / "slurmdbd.conf"
         dbd.write_text(f"""\
 {auth}DbdHost=localhost
@@ -304,9 +321,9 @@ def start_cluster(site: Site) -> Iterator[SlurmCluster]:
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster(slurm_site: Site) -> Iterator[SlurmCluster]:
-    """One cluster for the session, built for the site names of profiles/slurm (fixture `slurm_site`)."""
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    """One cluster for the session, with the partitions, account and GPU model that profiles/slurm names."""
     reason = missing_requirements()
     if reason:
         pytest.skip(reason)
-    yield from start_cluster(slurm_site)
+    yield from start_cluster(Site.from_profile(PROFILE))
