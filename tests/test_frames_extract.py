@@ -76,6 +76,13 @@ def videos(tmp_path_factory) -> dict[str, Path]:
     ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(made["audio"]))
     made["truncated"] = root / "truncated.mp4"  # moov atom at the end: cut off
     made["truncated"].write_bytes(cfr.read_bytes()[: cfr.stat().st_size // 2])
+    made["cut"] = root / "cut.mp4"  # moov atom first, frames cut off: a clear "truncated" reason
+    ffmpeg("-i", str(cfr), "-c", "copy", "-movflags", "+faststart", str(made["cut"]))
+    made["cut"].write_bytes(made["cut"].read_bytes()[: made["cut"].stat().st_size * 6 // 10])
+    made["zero"] = root / "zero.mkv"  # a video stream, no frames: the file ends before its first cluster
+    ffmpeg("-i", str(cfr), "-c", "copy", str(made["zero"]))
+    data = made["zero"].read_bytes()
+    made["zero"].write_bytes(data[: data.index(bytes.fromhex("1f43b675"))])
     made["corrupt"] = root / "corrupt.mp4"
     made["corrupt"].write_bytes(np.random.default_rng(0).bytes(20000))
     made["text"] = root / "notes.mp4"
@@ -143,6 +150,8 @@ def test_rotation_metadata_turns_frames_upright_like_ffmpeg(videos, backend, tmp
 @pytest.mark.parametrize("name,clip,settings,reason", [
     ("audio", None, {}, "no video stream"),
     ("truncated", None, {}, "cannot open"),
+    ("cut", None, {}, "truncated: [0-9]+ of the 90 frames it declares"),
+    ("zero", None, {}, "ends before its first frame"),
     ("corrupt", None, {}, "cannot open"),
     ("text", None, {}, "cannot open"),
     ("cfr", (10.0, 12.0), {}, "after the end of the video"),

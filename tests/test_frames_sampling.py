@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 
 from vidtune.errors import ConfigError, MediaError
 from vidtune.frames import FrameSettings
+from vidtune.frames.decode import VideoIndex
 from vidtune.frames.sampling import select_frames
 
 
@@ -72,3 +74,19 @@ def test_settings_from_config():
         FrameSettings.from_config({"policy": "random"})
     with pytest.raises(ConfigError, match="must be a int"):
         FrameSettings.from_config({"num_frames": "8"})
+
+
+def test_video_index_rejects_streams_without_frames_or_timestamps():
+    with pytest.raises(MediaError, match="no decodable frames"):
+        VideoIndex.build([], Fraction(1, 30))
+    with pytest.raises(MediaError, match="no decodable frames"):  # nothing from a keyframe on
+        VideoIndex.build([(0, 0, False, False)], Fraction(1, 30))
+    with pytest.raises(MediaError, match="no timestamps"):
+        VideoIndex.build([(None, None, True, False)], Fraction(1, 30))
+    with pytest.raises(MediaError, match="truncated: 2 of the 5"):
+        VideoIndex.build([(0, 0, True, False), (1, 1, False, False)], Fraction(1, 30), 5)
+    # B-frames: presentation order differs from decode order; discarded packets are not frames.
+    index = VideoIndex.build([(0, -1, True, True), (3, 0, True, False), (1, 1, False, False),
+                              (2, 2, False, False)], Fraction(1, 10))
+    assert index.frame_pts == [1, 2, 3] and index.keyframe_before == [0, 1, 1, 1]
+    assert index.plan(None, FrameSettings(num_frames=3)) == [1, 2, 3]

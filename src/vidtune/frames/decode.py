@@ -54,10 +54,12 @@ class VideoIndex:
     packets: tuple[Packet, ...]
 
     @classmethod
-    def build(cls, packets: Iterable[tuple[int | None, int | None, bool, bool]],
-              time_base: Fraction) -> "VideoIndex":
-        kept, seen = [], set()
-        for pts, dts, keyframe, discard in packets:
+    def build(cls, packets: Iterable[tuple[int | None, int | None, bool, bool]], time_base: Fraction,
+              declared_frames: int = 0) -> "VideoIndex":
+        """Index the demuxed ``(pts, dts, keyframe, discard)`` tuples; ``declared_frames`` is the count the
+        container's header gives (0 when it gives none): fewer packets than that means a cut-off file."""
+        kept, seen, count = [], set(), 0
+        for count, (pts, dts, keyframe, discard) in enumerate(packets, 1):
             pts = dts if pts is None else pts
             if pts is None:
                 raise MediaError("the video stream has no timestamps",
@@ -67,6 +69,9 @@ class VideoIndex:
                 kept.append(Packet(pts, pts if dts is None else dts, keyframe, discard))
         if not any(not p.discard for p in kept):
             raise MediaError("the video stream has no decodable frames (empty, or no keyframe)")
+        if count < declared_frames:
+            raise MediaError(f"the file is truncated: {count} of the {declared_frames} frames it declares "
+                             "are present", fix="re-download or re-encode the video")
         return cls(time_base, tuple(kept))
 
     @functools.cached_property
@@ -140,7 +145,7 @@ def _read_pyav(path: str, settings: FrameSettings, clip) -> tuple[list[Image.Ima
             raise MediaError("no video stream (audio-only, or not a video)")
         stream = streams[0]
         stream.codec_context.thread_count = 1
-        index = VideoIndex.build(_demux_pass(container, stream), stream.time_base)
+        index = VideoIndex.build(_demux_pass(container, stream), stream.time_base, stream.frames)
         targets = index.plan(clip, settings)
         found = _decode_pyav(container, stream, index, targets, settings.short_side)
     return _in_order(index, targets, found)
@@ -205,7 +210,7 @@ def _read_ffmpeg(path: str, settings: FrameSettings, clip) -> tuple[list[Image.I
     url = _url(path)
     try:
         probe = ffmpeg.probe(url, select_streams="V:0", show_packets=None,
-                             show_entries="packet=pts,dts,flags:stream=time_base:stream_side_data=rotation"
+                             show_entries="packet=pts,dts,flags:stream=time_base,nb_frames:stream_side_data=rotation"
                                           ":stream_tags=rotate:format=start_time")
     except ffmpeg.Error as error:
         raise MediaError(f"cannot open as a video: {_reason(error)}") from None
@@ -215,7 +220,8 @@ def _read_ffmpeg(path: str, settings: FrameSettings, clip) -> tuple[list[Image.I
     rotation = next((float(d["rotation"]) for d in stream.get("side_data_list", []) if "rotation" in d),
                     float(stream.get("tags", {}).get("rotate", 0)))
     index = VideoIndex.build(((p.get("pts"), p.get("dts"), "K" in p["flags"], "D" in p["flags"])
-                              for p in probe.get("packets", [])), Fraction(stream["time_base"]))
+                              for p in probe.get("packets", [])), Fraction(stream["time_base"]),
+                             int(stream.get("nb_frames", 0) or 0))
     targets = index.plan(clip, settings)
     origin = float(probe["format"].get("start_time", 0))
     with tempfile.TemporaryDirectory(prefix="vidtune-ffmpeg-") as folder:
@@ -259,5 +265,7 @@ def _reason(error) -> str:
     """One line from an exception or from ffmpeg's stderr."""
     text = error.decode("utf-8", "replace") if isinstance(error, bytes) else \
         (error.stderr.decode("utf-8", "replace") if isinstance(error, ffmpeg.Error) else str(error))
+    if "End of file" in text:
+        return "the file ends before its first frame (empty or truncated)"
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
