@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -140,6 +141,8 @@ def load_model(path: str | Path, *, trust_remote_code: bool = False, quantizatio
         compute = dtype if isinstance(dtype, torch.dtype) else torch.bfloat16
         kwargs["quantization_config"] = quantization_config(compute)
         kwargs["dtype"] = compute
+        if torch.cuda.is_available():  # 4-bit weights are quantised on the process's own GPU
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     try:
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     except (OSError, ValueError, KeyError) as error:

@@ -35,8 +35,9 @@ FINAL_NORM_SCALE = 16.0
 
 COLOURS = ["red", "green", "blue", "yellow", "orange", "purple", "white", "black", "pink", "cyan", "magenta",
            "gray", "brown"]
-SHAPES = ["circle", "square", "triangle", "box", "dot", "star"]
-MOTIONS = ["moves left", "moves right", "moves up", "moves down", "stays still", "rotates", "bounces"]
+SHAPES = ["circle", "square", "triangle", "bar", "box", "dot", "star"]
+MOTIONS = ["moves left", "moves right", "moves up", "moves down", "moves to the left", "moves to the right",
+           "stays still", "rotates", "bounces"]
 
 # Qwen/InternVL-style turns; images render as <IMG_CONTEXT> (the processor expands them), and the assistant's
 # answer with its end-of-turn token sits in a generation block so assistant-token masks come out right.

@@ -274,7 +274,9 @@ def prepare_model(model_dir: Path, settings: dict, trust_remote_code: bool, log:
         model = load_model(model_dir, trust_remote_code=trust_remote_code, quantization="nf4",
                            dtype=torch.bfloat16)
     else:
-        model = load_model(model_dir, trust_remote_code=trust_remote_code, dtype=torch.float32)
+        # LoRA keeps the frozen base in bf16 where training runs in bf16 (adapters stay fp32, peft's default).
+        base_dtype = torch.bfloat16 if bf16 and method == "lora" else torch.float32
+        model = load_model(model_dir, trust_remote_code=trust_remote_code, dtype=base_dtype)
     model.config.use_cache = False
     if method == "full":
         frozen = {"vision": settings["freeze_vision"], "projector": settings["freeze_projector"],
@@ -299,8 +301,6 @@ def prepare_model(model_dir: Path, settings: dict, trust_remote_code: bool, log:
             model, use_gradient_checkpointing=settings["gradient_checkpointing"],
             gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(model, config)
-    if bf16 and method == "lora":
-        model = model.to(torch.bfloat16)
     trainable, total = model.get_nb_trainable_parameters()
     log.info("%s: %d trainable of %d parameters (%d LoRA targets%s)", method, trainable, total,
              len(config.target_modules), ", projector trained" if modules_to_save else "")
