@@ -186,13 +186,13 @@ def test_extract_shard_index_cache_reuse_and_rejects(videos, tmp_path):
     samples = [sample(1, videos["cfr"], "g1"), sample(2, videos["cfr"], "g1", prompt="other caption"),
                sample(3, videos["cfr"], "g1", clip=(1.0, 2.0)), sample(4, videos["vfr"], "g2"),
                sample(5, videos["audio"], "g3"), sample(6, image, "g4", media_type="image"),
-               sample(7, broken_image, "g5", media_type="image")]
+               sample(7, broken_image, "g5", media_type="image"), sample(8, tmp_path / "gone.mp4", "g6")]
     settings = FrameSettings(num_frames=4, short_side=32)
     [manifest] = build_manifests(samples, tmp_path, settings, 1)
     cache = tmp_path / "cache"
     first = extract_shard(manifest, cache, workers=2)
     items = first["items"]
-    assert first["summary"] == {"extracted": 4, "reused": 0, "rejected": 2, "frames_written": 12}
+    assert first["summary"] == {"extracted": 4, "reused": 0, "rejected": 3, "frames_written": 12}
     by_ids = {tuple(r["sample_ids"]): r for r in items.values()}
     whole = by_ids[("d/1", "d/2")]
     assert whole["frames"] == [f"frame_{n:06d}.jpg" for n in range(1, 5)]
@@ -204,10 +204,12 @@ def test_extract_shard_index_cache_reuse_and_rejects(videos, tmp_path):
     assert by_ids[("d/6",)] == {"status": "ok", "media_type": "image", "image": str(image), "width": 40,
                                 "height": 30, "sample_ids": ["d/6"]}
     assert by_ids[("d/7",)]["status"] == "rejected"
+    assert by_ids[("d/8",)] == {"status": "rejected", "reason": "file not found",
+                                "file": str(tmp_path / "gone.mp4"), "sample_ids": ["d/8"]}
 
     stamps = {p: p.stat().st_mtime_ns for p in cache.rglob("*.jpg")}
     again = extract_shard(manifest, cache, workers=1)
-    assert again["summary"] == {"extracted": 0, "reused": 4, "rejected": 2, "frames_written": 0}
+    assert again["summary"] == {"extracted": 0, "reused": 4, "rejected": 3, "frames_written": 0}
     assert dumps_json(again["items"]) == dumps_json(items)  # the same index whether reused or not
     assert stamps == {p: p.stat().st_mtime_ns for p in cache.rglob("*.jpg")}  # nothing rewritten
 

@@ -137,6 +137,8 @@ def _url(path: str) -> str:
 def _read_pyav(path: str, settings: FrameSettings, clip) -> tuple[list[Image.Image], list[float]]:
     try:
         container = av.open(_url(path))
+    except (FileNotFoundError, PermissionError):
+        raise
     except (av.FFmpegError, OSError) as error:
         raise MediaError(f"cannot open as a video: {_reason(error)}") from None
     with container:

@@ -89,7 +89,10 @@ def _extract_into(item: dict, temp: Path, settings: FrameSettings) -> dict:
                 record.update(status="ok", width=image.width, height=image.height)
             return record
         images, times = read_frames(item["path"], settings, item["clip"])
-    except (MediaError, OSError, Image.DecompressionBombError, ValueError) as error:
+    except (FileNotFoundError, PermissionError):
+        raise  # about the file system, not the file's content: a reject that is not cached
+    except (MediaError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        # PIL reports damaged images as OSError/SyntaxError/ValueError: the content decides, so cache it
         return {**record, "status": "rejected", "reason": _reason(error)}
     names = [frame_name(n) for n in range(1, len(images) + 1)]
     for name, image in zip(names, images):
@@ -204,8 +207,8 @@ def _worker_main(connection, cache_root: str, settings: FrameSettings) -> None:
             return
         try:
             connection.send(extract_item(item, cache_root, settings))
-        except Exception as error:  # an unexpected failure rejects the item, not the shard
-            connection.send({"status": "rejected", "reason": f"extraction failed: {error!r}",
+        except Exception as error:  # rejects the item (not cached), never the shard
+            connection.send({"status": "rejected", "reason": f"extraction failed: {error}",
                              "transient": True})
 
 
