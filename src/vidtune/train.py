@@ -501,7 +501,7 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, training: dict, trust
         activation_checkpointing_kwargs={"use_reentrant": False}, save_strategy="steps",
         save_steps=settings["save_steps"], save_total_limit=settings["save_total_limit"],
         logging_steps=settings["logging_steps"], report_to="none", remove_unused_columns=False,
-        dataloader_num_workers=0, deepspeed=deepspeed, use_cpu=settings["gpus"] == 0 and not torch.cuda.is_available(),
+        dataloader_num_workers=0, deepspeed=deepspeed, use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True)
     from torch.utils.tensorboard import SummaryWriter
 
@@ -523,6 +523,11 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, training: dict, trust
         log.warning("stopped by %s after a checkpoint at step %d; run again to resume",
                     checkpointing.stop_signal, trainer.state.global_step)
         raise SystemExit(128 + getattr(signal, checkpointing.stop_signal))
+    # Every process takes part in saving (ZeRO-3 gathers the weights); process 0 finishes final/.
+    staging = out_dir / ".final-staging"
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))
     if not trainer.is_world_process_zero():
         return {}
 
@@ -533,11 +538,13 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, training: dict, trust
     peak, peak_kind = _peak_memory_gib()
     trainable, total = _parameter_counts(model)
     with atomic_dir(out_dir / "final") as final:
-        trainer.save_model(str(final))
+        for path in staging.iterdir():
+            shutil.move(str(path), final / path.name)
         processor.save_pretrained(final)
         write_json(final / "vidtune.json", {"method": settings["method"], "base_model": str(model_dir.resolve()),
                                            **data_settings})
         weights = check_weights_changed(model, before, final)
+    shutil.rmtree(staging, ignore_errors=True)
     summary = {
         "method": settings["method"], "steps": trainer.state.global_step, "steps_this_run": steps_done,
         "epochs": trainer.state.epoch, "train_seconds": round(seconds, 3),
