@@ -73,11 +73,14 @@ def predict_records(model_dir: Path, records: list[dict], root: Path, evaluation
                     adapter_dir: Path | None = None) -> list[dict]:
     """``{"id", "prediction"}`` for each InternVL JSONL record (media relative to root), in order."""
     predictor = Predictor(Path(model_dir), None if adapter_dir is None else Path(adapter_dir), evaluation)
-    samples = []
-    for record in records:
-        text = record_text(record)
-        samples.append((load_record_media(record, root), text.prompt, text.media_type))
-    answers = predictor.answer(samples)
+    size = predictor.evaluation["batch_size"]
+    answers: list[str] = []
+    for start in range(0, len(records), size):  # media of one batch in memory at a time
+        samples = []
+        for record in records[start:start + size]:
+            text = record_text(record)
+            samples.append((load_record_media(record, root), text.prompt, text.media_type))
+        answers += predictor.answer(samples)
     return [{"id": record.get("id"), "prediction": answer} for record, answer in zip(records, answers)]
 
 
