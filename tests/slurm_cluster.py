@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 DAEMONS = ("munged", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd", "sbatch", "srun", "sacct",
-           "sacctmgr", "squeue", "scancel")
+           "sacctmgr", "squeue", "scancel", "scontrol", "sinfo")
 PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "slurm"
 CLUSTER = "vidtune-test"
 DB_USER, DB_PASSWORD, DB_NAME = "slurm", "vidtune-test", "slurm_acct_db"

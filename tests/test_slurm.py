@@ -33,7 +33,7 @@ def submit(workflow: Workflow, cluster: SlurmCluster, *targets: str):
 
 def jobs_of(cluster: SlurmCluster, workdir: Path) -> list[dict[str, str]]:
     """SLURM's records of the jobs submitted from one working directory, with the rule from the comment."""
-    jobs = [job for job in cluster.jobs() if Path(job["WorkDir"]) == workdir]
+    jobs = [job for job in cluster.jobs() if Path(job["WorkDir"]).resolve() == workdir.resolve()]
     for job in jobs:
         job["rule"] = job["Comment"].removeprefix("rule_").split("_wildcards_")[0]
     return jobs
