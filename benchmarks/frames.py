@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import resource
 import shutil
 import subprocess
@@ -173,18 +174,22 @@ def short_clips(work: Path, count: int, seconds: float) -> tuple[dict, bool]:
         [manifest] = build_manifests(samples, clips, FrameSettings(backend=backend), 1)
         cache = work / f"cache_{backend}_{workers}"
         shutil.rmtree(cache, ignore_errors=True)
-        start = time.monotonic()
+        start, start_cpu = time.monotonic(), cpu_seconds()
         index = extract_shard(manifest, cache, workers=workers, log=logging.getLogger("bench"))
-        wall = time.monotonic() - start
-        rate = index["summary"]["frames_written"] / wall
+        wall, cpu = time.monotonic() - start, cpu_seconds() - start_cpu
+        written = index["summary"]["frames_written"]
+        rate = written / wall
         row[f"{backend}_{workers}proc"] = round(rate, 1)
+        # Frames per CPU-second: what one free core sustains, whatever else shares the machine.
+        row[f"{backend}_{workers}proc_per_cpu_s"] = round(written / cpu, 1)
         ok = all(r["status"] == "ok" for r in index["items"].values())
         for result in index["items"].values():
             got = [read_index(Image.open(Path(result["frames_dir"]) / f)) for f in result.get("frames", [])]
             ok = ok and got == expected
         exact = exact and ok
         print(f" clips: {count} x {seconds:g} s 480p, {backend}, {workers} process(es): {rate:.1f} frames/s "
-              f"({index['summary']['frames_written']} JPEGs in {wall:.1f} s), exact {ok}", flush=True)
+              f"({written} JPEGs in {wall:.1f} s wall, {cpu:.1f} CPU-s: {written / cpu:.1f} per CPU-s), "
+              f"exact {ok}", flush=True)
         shutil.rmtree(cache, ignore_errors=True)
     return row, exact
 
@@ -218,6 +223,8 @@ def main(argv: list[str] | None = None) -> None:
         "medium": medium_row,
         "short_fps_1proc": short_row["pyav_1proc"], "short_fps_2proc": short_row["pyav_2proc"],
         "short_fps_2proc_ffmpeg_backend": short_row["ffmpeg_2proc"],
+        "short_frames_per_cpu_s": short_row["pyav_2proc_per_cpu_s"],
+        "load_average": round(os.getloadavg()[0], 2),
         "exact": long_exact and medium_exact and short_exact,
     }
     print(json.dumps(summary))
