@@ -107,3 +107,12 @@ def predict_model(wildcards):
 
 def evaluation_files(wildcards):
     return dataset_split_file(config["runs"][wildcards.run]["evaluation"]["split"])(wildcards)
+
+
+def predictions_of(which):
+    """Input function: the predictions file of the base or the finetuned model of a run."""
+
+    def predictions(wildcards):
+        return expand(rules.predict.output.predictions, run=wildcards.run, which=which)[0]
+
+    return predictions

@@ -4,8 +4,8 @@
 
 rule score:
     input:
-        base=expand(rules.predict.output.predictions, which="base", allow_missing=True),
-        finetuned=expand(rules.predict.output.predictions, which="finetuned", allow_missing=True),
+        base=predictions_of("base"),
+        finetuned=predictions_of("finetuned"),
         tables=lambda wildcards: expand(rules.split.output.table, dataset=run_datasets(wildcards)),
     output:
         metrics=f"{RESULTS}/runs/{{run}}/metrics.json",
