@@ -82,24 +82,24 @@ def extract_item(item: dict, cache_root: str | os.PathLike, settings: FrameSetti
 
 def _extract_into(item: dict, temp: Path, settings: FrameSettings) -> dict:
     record: dict = {"format": FORMAT_VERSION, "media_type": item["media_type"]}
-    try:
-        if item["media_type"] == "image":
+    if item["media_type"] == "image":
+        try:
             with Image.open(item["path"]) as image:
                 image.load()  # decodes every pixel: a truncated file fails here
-                record.update(status="ok", width=image.width, height=image.height)
-            return record
+                return {**record, "status": "ok", "width": image.width, "height": image.height}
+        except (FileNotFoundError, PermissionError):
+            raise  # about the file system, not the file's content: a reject that is not cached
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            return {**record, "status": "rejected", "reason": _reason(error)}  # PIL's "damaged image"
+    try:
         images, times = read_frames(item["path"], settings, item["clip"])
-    except (FileNotFoundError, PermissionError):
-        raise  # about the file system, not the file's content: a reject that is not cached
-    except (MediaError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        # PIL reports damaged images as OSError/SyntaxError/ValueError: the content decides, so cache it
+    except MediaError as error:
         return {**record, "status": "rejected", "reason": _reason(error)}
     names = [frame_name(n) for n in range(1, len(images) + 1)]
     for name, image in zip(names, images):
         image.save(temp / name, quality=settings.jpeg_quality)
-    record.update(status="ok", frames=names, timestamps=times, width=images[0].width,
-                  height=images[0].height)
-    return record
+    return {**record, "status": "ok", "frames": names, "timestamps": times, "width": images[0].width,
+            "height": images[0].height}
 
 
 def _publish(temp: Path, folder: Path) -> None:
