@@ -72,7 +72,7 @@ def test_settings_from_config():
         FrameSettings.from_config({"nframes": 8})
     with pytest.raises(ConfigError, match="policy"):
         FrameSettings.from_config({"policy": "random"})
-    with pytest.raises(ConfigError, match="must be a int"):
+    with pytest.raises(ConfigError, match="must be of type int"):
         FrameSettings.from_config({"num_frames": "8"})
 
 

@@ -37,7 +37,7 @@ class FrameSettings:
             kind = type(fields[name].default)
             ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
             if not ok or isinstance(value, bool):
-                raise ConfigError(f"frames.{name} must be a {kind.__name__}, got {value!r}", record="frames")
+                raise ConfigError(f"frames.{name} must be of type {kind.__name__}, got {value!r}", record="frames")
             values[name] = kind(value)
         settings = cls(**values)
         settings._check()
