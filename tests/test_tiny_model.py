@@ -114,3 +114,11 @@ def test_not_a_model_folder_names_it(tmp_path):
     (tmp_path / "pytorch_model.bin").write_text("")
     with pytest.raises(ModelError, match="safetensors"):
         load_model(tmp_path)
+
+
+def test_stock_processor_loads_where_torchvision_exists(tiny):
+    pytest.importorskip("torchvision")
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny)
+    assert type(processor).__name__ == "InternVLProcessor" and processor.image_seq_length == 4
