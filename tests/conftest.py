@@ -6,6 +6,7 @@ read them; tests that change data work on their own copy of a finished run.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import subprocess
@@ -72,7 +73,7 @@ class Workflow:
 
     def copy(self, destination: Path) -> "Workflow":
         shutil.copytree(self.workdir, destination, symlinks=True)
-        return Workflow(destination, self.config)
+        return Workflow(destination, copy.deepcopy(self.config))
 
 
 def parse_job_stats(output: str) -> dict[str, int]:

@@ -101,15 +101,6 @@ def test_results_match_a_local_run(slurm_run, quick_run):
         key_shape(json.loads(quick_run.path(metrics).read_text()))
 
 
-def workflow_profile_caps_gpus() -> bool:
-    """Whether profiles/default sets a global `gpu` limit: it applies to cluster runs too (a workflow profile
-    overrides --profile per key) and caps every job's gpu resource at that number."""
-    settings = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text()) or {}
-    return "gpu" in (settings.get("resources") or {})
-
-
-@pytest.mark.xfail(workflow_profile_caps_gpus(), strict=True,
-                   reason="profiles/default's `resources: gpu:` caps the request (sbatch --gpus=1, srun asks 2)")
 def test_multi_gpu_request_reaches_sbatch(slurm_cluster, tmp_path):  # noqa: F811
     """A step that declares gpu=2 is submitted for two GPUs, with this repository's workflow profile in place
     (a global `resources: gpu:` limit there would cap the request and the job's srun would then fail)."""
