@@ -16,7 +16,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import REPO, SNAKEMAKE, Workflow, quick_config
 from slurm_cluster import PROFILE, SlurmCluster, slurm_cluster  # noqa: F401 - the fixture
