@@ -409,7 +409,8 @@ def _logger(log) -> logging.Logger:
         return log
     logger = logging.getLogger("vidtune.train")
     logger.setLevel(logging.INFO)
-    if log is not None:
+    if log is not None and not any(getattr(handler, "baseFilename", None) == str(Path(log).resolve())
+                                   for handler in logger.handlers):
         handler = logging.FileHandler(log)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
