@@ -190,3 +190,13 @@ def test_resume_after_sigkill_and_checkpoint_on_sigterm(tiny, meta, tmp_path):
     steps = [entry["step"] for entry in json.loads((tmp_path / "loss.json").read_text())]
     assert steps == list(range(1, 25))
     assert (tmp_path / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_repeat_time_follows_internvl():
+    from vidtune.train import repeat_records
+
+    records = [{"id": str(index)} for index in range(10)]
+    assert len(repeat_records(records, 2, seed=0)) == 20
+    half = repeat_records(records, 0.5, seed=0)
+    assert len(half) == 5 and half == repeat_records(records, 0.5, seed=0)
+    assert len(repeat_records(records, 1.3, seed=0)) == 13
