@@ -249,10 +249,6 @@ def collate(samples: Sequence[dict[str, torch.Tensor]], pad_token_id: int, paddi
     return batch
 
 
-def tokens_per_tile(processor) -> int:
-    return int(processor.image_seq_length)
-
-
 # --- InternVL-format records -------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
