@@ -45,7 +45,8 @@ def adapter(setup, tmp_path_factory):
 def test_merged_lora_matches_adapter_and_loads_standalone(setup, adapter, tmp_path):
     base, _, data, records = setup
     check = merge(base, adapter, tmp_path / "merged", records, data)
-    assert check["passed"] and check["max_abs_logit_difference"] < 1e-4 and len(check["records"]) == 3
+    assert check["passed"] and check["max_abs_logit_difference"] <= check["allowed_difference"]
+    assert len(check["records"]) == 3 and check["allowed_difference"] < 1e-2
     merged = tmp_path / "merged"
     assert json.loads((merged / "merge_check.json").read_text()) == check
     model = AutoModelForImageTextToText.from_pretrained(merged)
