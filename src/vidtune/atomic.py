@@ -1,6 +1,10 @@
 """Atomic writes: every output a later step trusts appears complete or not at all.
 
 A killed process leaves at most a ``.tmp-*`` sibling, which no step reads and the next run overwrites.
+
+Fault injection (tests/test_faults.py, docs/faults.md): with ``VIDTUNE_FAULT_KILL_BEFORE_RENAME`` set, a
+process about to publish an output whose path ends with that value SIGKILLs itself instead, as a node failure
+at the worst moment would. Unset, as always outside the fault tests, it costs one environment lookup.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,6 +26,12 @@ def _temp_sibling(path: Path, directory: bool = False) -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     os.close(fd)
     return Path(name)
+
+
+def _fault_point(target: Path) -> None:
+    suffix = os.environ.get("VIDTUNE_FAULT_KILL_BEFORE_RENAME")
+    if suffix and str(target).endswith(suffix):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _umask() -> int:
@@ -43,6 +54,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield temp
         _fsync_file(temp)
         os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual mode
+        _fault_point(target)
         os.replace(temp, target)
     except BaseException:
         temp.unlink(missing_ok=True)
@@ -57,6 +69,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield temp
         os.chmod(temp, 0o777 & ~_umask())
+        _fault_point(target)
         if target.exists():
             shutil.rmtree(target)
         os.replace(temp, target)
