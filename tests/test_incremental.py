@@ -25,7 +25,7 @@ REPORTING = {"runs_table": 1, "report_run": 1, "report_overview": 1}
 def executed_jobs(result) -> dict[str, int]:
     """Rule -> number of jobs a finished snakemake invocation really ran, from its own log."""
     counts: dict[str, int] = {}
-    for match in re.finditer(r"^(?:local)?(?:rule|checkpoint) (\w+):$", result.stderr + result.stdout,
+    for match in re.finditer(r"^Finished jobid: \d+ \(Rule: (\w+)\)", result.stderr + result.stdout,
                              re.MULTILINE):
         counts[match.group(1)] = counts.get(match.group(1), 0) + 1
     counts.pop("train_all", None)
@@ -73,21 +73,26 @@ def test_touching_annotations_without_change_runs_nothing(run_copy):
 def test_caption_edit_extracts_no_frame(run_copy):
     before = frame_folders(run_copy)
     base_before = predictions_of(run_copy, "base").stat().st_mtime_ns
+    split_table = run_copy.path("results/datasets/demo/split.parquet")
+    edited = next(s.media_path for s, split in read_split_table(split_table) if split == "train")
 
     def edit(records):
-        records[0]["caption"] = records[0]["caption"] + " slowly"
+        for record in records:
+            if record["video"] == edited:
+                record["caption"] += " slowly"
         return records
 
     rewrite_annotations(run_copy, edit)
     result = run_copy.snakemake("train_all")
     ran = executed_jobs(result)
     assert "extract_frames" not in ran
-    assert {"ingest", "split", "internvl_files", "train", "merge", "score"} <= set(ran)
     assert frame_folders(run_copy) == before  # not one frame folder written again
-    targets = [s.target for s, _ in read_split_table(run_copy.path("results/datasets/demo/split.parquet"))]
+    assert {"ingest", "split", "internvl_files", "train", "merge", "score"} <= set(ran)
+    # A training caption changed: test.jsonl kept its bytes, so only the finetuned model predicts again.
+    assert ran["predict"] == 1
+    assert predictions_of(run_copy, "base").stat().st_mtime_ns == base_before
+    targets = [s.target for s, _ in read_split_table(split_table)]
     assert sum(target.endswith(" slowly") for target in targets) == 1
-    if ran.get("predict") == 1:  # the edited caption was a training sample: test.jsonl kept its bytes
-        assert predictions_of(run_copy, "base").stat().st_mtime_ns == base_before
 
 
 def test_added_video_extracts_only_its_frames(run_copy):
