@@ -1,6 +1,7 @@
 """Atomic writes: every output a later step trusts appears complete or not at all.
 
-A killed process leaves at most a ``.tmp-*`` sibling, which no step reads and the next run overwrites.
+A killed process leaves at most a ``.<name>.tmp-<host>-<pid>-*`` sibling, which no step reads; the next
+write of the same output removes it (:func:`remove_stale_temporaries`), so kills leave no litter behind.
 
 Fault injection (tests/test_faults.py, docs/faults.md): with ``VIDTUNE_FAULT_KILL_BEFORE_RENAME`` set, a
 process about to publish an output whose path ends with that value SIGKILLs itself instead, as a node failure
@@ -14,18 +15,57 @@ import json
 import os
 import shutil
 import signal
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 
-def _temp_sibling(path: Path, directory: bool = False) -> Path:
+STALE_AFTER_S = 24 * 3600  # a temporary from another host is only removed when this old
+_HOST = socket.gethostname()
+
+
+def temp_sibling(path: Path, directory: bool = False) -> Path:
+    """A new hidden file (or folder) beside ``path``, named for this host and process; stale ones go first."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    prefix = f".{path.name}.tmp-{_HOST}-{os.getpid()}-"
     if directory:
-        return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    return Path(name)
+        temp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+        os.close(fd)
+        temp = Path(name)
+    os.chmod(temp, (0o777 if directory else 0o666) & ~_umask())  # mkstemp/mkdtemp make them private
+    return temp
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove ``path``'s temporary siblings whose process is gone (or, from another host, old ones)."""
+    for temp in path.parent.glob(f".{path.name}.tmp-*"):
+        try:
+            host, pid, _ = temp.name.rsplit(".tmp-", 1)[1].rsplit("-", 2)
+            if host == _HOST and _alive(int(pid)):
+                continue
+            if host != _HOST and time.time() - temp.stat().st_mtime < STALE_AFTER_S:
+                continue
+        except (ValueError, OSError):
+            pass
+        if temp.is_dir() and not temp.is_symlink():
+            shutil.rmtree(temp, ignore_errors=True)
+        else:
+            temp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fault_point(target: Path) -> None:
@@ -49,11 +89,10 @@ def _fsync_file(path: Path) -> None:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path; on success it is renamed to ``path``, on error removed."""
     target = Path(path)
-    temp = _temp_sibling(target)
+    temp = temp_sibling(target)
     try:
         yield temp
         _fsync_file(temp)
-        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual mode
         _fault_point(target)
         os.replace(temp, target)
     except BaseException:
@@ -65,10 +104,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces ``path`` (a previous folder is removed first)."""
     target = Path(path)
-    temp = _temp_sibling(target, directory=True)
+    temp = temp_sibling(target, directory=True)
     try:
         yield temp
-        os.chmod(temp, 0o777 & ~_umask())
         _fault_point(target)
         if target.exists():
             shutil.rmtree(target)

@@ -18,25 +18,21 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import secrets
 import shutil
 import signal
-import socket
 import time
 from pathlib import Path
 
 from PIL import Image
 
-from vidtune.atomic import dumps_json
+from vidtune.atomic import dumps_json, remove_stale_temporaries, temp_sibling
 from vidtune.errors import MediaError
 from vidtune.frames.decode import read_frames
 from vidtune.frames.manifest import FORMAT_VERSION
 from vidtune.frames.settings import FrameSettings
 
 RECORD = "frames.json"
-STALE_AFTER_S = 24 * 3600  # a temporary folder from another host is only removed when this old
 PROGRESS_EVERY_S = 10.0
-_HOST = socket.gethostname()
 
 
 def cache_folder(cache_root: str | os.PathLike, key: str) -> Path:
@@ -68,9 +64,7 @@ def extract_item(item: dict, cache_root: str | os.PathLike, settings: FrameSetti
     record = load_record(folder)
     if record is not None:
         return record
-    remove_stale_temporaries(folder)
-    temp = folder.parent / f".{folder.name}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
-    temp.mkdir(parents=True)
+    temp = temp_sibling(folder, directory=True)  # removes stale temporaries of this key first
     try:
         record = _extract_into(item, temp, settings)
         (temp / RECORD).write_text(dumps_json(record), encoding="utf-8")
@@ -110,30 +104,6 @@ def _publish(temp: Path, folder: Path) -> None:
         if load_record(folder) is None:
             shutil.rmtree(folder, ignore_errors=True)
             os.rename(temp, folder)
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Remove ``folder``'s temporary siblings whose process is gone (or, from another host, old ones)."""
-    for temp in folder.parent.glob(f".{folder.name}.tmp-*"):
-        try:
-            host, pid, _ = temp.name.rsplit(".tmp-", 1)[1].rsplit("-", 2)
-            if host == _HOST and _alive(int(pid)):
-                continue
-            if host != _HOST and time.time() - temp.stat().st_mtime < STALE_AFTER_S:
-                continue
-        except (ValueError, OSError):
-            pass
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _reason(error: Exception) -> str:
