@@ -103,12 +103,13 @@ def test_sample_missing_from_every_index_stops_the_step(tmp_path, inputs):
 
 
 def test_meta_json_entries(tmp_path):
-    cfg_a = {"repeat_time": 2, "max_dynamic_patch": 12}
+    cfg_a = {"repeat_time": 2, "max_dynamic_patch": 12, "prompt": "Describe.", "frames": {"num_frames": 4}}
     meta = write_meta([("b", Path("results/internvl/b/train.jsonl"), 7, {}),
                        ("a", Path("results/internvl/a/train.jsonl"), 3, cfg_a)], tmp_path / "meta.json")
     assert meta["a"] == {"root": str(Path.cwd().resolve()) + os.sep,
                          "annotation": str(Path.cwd() / "results/internvl/a/train.jsonl"),
-                         "data_augment": False, "max_dynamic_patch": 12, "repeat_time": 2, "length": 3}
+                         "data_augment": False, "max_dynamic_patch": 12, "repeat_time": 2, "length": 3,
+                         "data_settings": {"prompt": "Describe.", "frames": {"num_frames": 4}}}
     assert meta["b"]["repeat_time"] == 1 and meta["b"]["max_dynamic_patch"] == 6
     written = (tmp_path / "meta.json").read_text()
     assert json.loads(written) == meta and list(json.loads(written)) == ["a", "b"]

@@ -113,7 +113,11 @@ def write_internvl_dataset(split_table: Path, shard_indexes: list[Path], out_dir
 
 
 def meta_entry(annotation: Path, length: int, cfg: dict, *, root: Path | None = None) -> dict:
-    """One dataset's entry in InternVL's meta.json (``root`` defaults to the working directory)."""
+    """One dataset's entry in InternVL's meta.json (``root`` defaults to the working directory).
+
+    ``data_settings`` (ignored by InternVL's trainer) carries the prompt and frame sampling into the trained
+    model's folder, so inference on a new video samples frames exactly as training did.
+    """
     return {
         "root": str((root or Path.cwd()).resolve()) + os.sep,
         "annotation": os.path.abspath(annotation),
@@ -121,6 +125,7 @@ def meta_entry(annotation: Path, length: int, cfg: dict, *, root: Path | None = 
         "max_dynamic_patch": int(cfg.get("max_dynamic_patch", 6)),
         "repeat_time": cfg.get("repeat_time", 1),
         "length": int(length),
+        "data_settings": {key: cfg[key] for key in ("prompt", "frames") if key in cfg},
     }
 
 
