@@ -541,6 +541,7 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, training: dict, trust
     with atomic_dir(out_dir / "final") as final:
         for path in staging.iterdir():
             shutil.move(str(path), final / path.name)
+        _sort_adapter_targets(final / "adapter_config.json")
         processor.save_pretrained(final)
         write_json(final / "vidtune.json", {"method": settings["method"], "base_model": str(model_dir.resolve()),
                                            **data_settings})
@@ -566,6 +567,16 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, training: dict, trust
     log.info("trained %d steps in %.1f s; summary: %s", trainer.state.global_step, seconds,
              dumps_json({k: summary[k] for k in ("samples_per_s", "tokens_per_s", "final_loss")}).strip())
     return summary
+
+
+def _sort_adapter_targets(path: Path) -> None:
+    """peft writes target_modules from a set, in another order in every process: sort them, so the same
+    training gives the same bytes."""
+    if path.is_file():
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(config.get("target_modules"), list):
+            config["target_modules"] = sorted(config["target_modules"])
+            path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def _parameter_counts(model: nn.Module) -> tuple[int, int]:
