@@ -41,7 +41,7 @@ def check_batches(processor, records: list[dict], root: Path, max_dynamic_patch:
 
 
 def merge(base_dir: Path, trained_dir: Path, out_dir: Path, check_records: list[dict], root: Path,
-          tolerance: float = 1e-4) -> dict:
+          tolerance: float = 1e-4, trust_remote_code: bool = False) -> dict:
     """Write the merged model to out_dir and return the check (also in out_dir/merge_check.json).
 
     The check passes when the largest logit difference on the first few records is within ``tolerance``
@@ -56,11 +56,11 @@ def merge(base_dir: Path, trained_dir: Path, out_dir: Path, check_records: list[
     batches = check_batches(processor, check_records, Path(root), int(settings.get("max_dynamic_patch", 6)))
     is_adapter = (trained_dir / "adapter_config.json").is_file()
     if is_adapter:
-        model = load_adapter_model(base_dir, trained_dir)
+        model = load_adapter_model(base_dir, trained_dir, trust_remote_code=trust_remote_code)
         reference = _logits(model, batches)
         model = model.merge_and_unload()
     else:
-        model = load_model(trained_dir, dtype=torch.float32)
+        model = load_model(trained_dir, trust_remote_code=trust_remote_code, dtype=torch.float32)
         reference = _logits(model, batches)
     with atomic_dir(out_dir) as temp:
         model.save_pretrained(temp, safe_serialization=True)
@@ -68,7 +68,7 @@ def merge(base_dir: Path, trained_dir: Path, out_dir: Path, check_records: list[
         for name in ("vidtune.json",):
             if (trained_dir / name).is_file():
                 shutil.copy2(trained_dir / name, temp / name)
-        merged = _logits(load_model(temp, dtype=torch.float32), batches)
+        merged = _logits(load_model(temp, trust_remote_code=trust_remote_code, dtype=torch.float32), batches)
         differences = [float((a - b).abs().max()) for a, b in zip(reference, merged)]
         finite = all(torch.isfinite(logits).all() for logits in reference + merged)
         # fp32 rounding grows with the logits' size, so the tolerance scales with it (never below 1).

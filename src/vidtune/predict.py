@@ -33,14 +33,15 @@ EVALUATION_DEFAULTS = {"max_new_tokens": 128, "batch_size": 4, "do_sample": Fals
 class Predictor:
     """A loaded model + processor + the run's prompt/frame settings, answering batches of samples."""
 
-    def __init__(self, model_dir: Path, adapter_dir: Path | None = None, evaluation: dict | None = None):
+    def __init__(self, model_dir: Path, adapter_dir: Path | None = None, evaluation: dict | None = None,
+                 trust_remote_code: bool = False):
         self.settings = read_run_settings(adapter_dir, model_dir)
         self.evaluation = {**EVALUATION_DEFAULTS, **(evaluation or {})}
         if adapter_dir is not None:
-            self.model = load_adapter_model(model_dir, adapter_dir)
+            self.model = load_adapter_model(model_dir, adapter_dir, trust_remote_code=trust_remote_code)
             self.processor = load_processor(adapter_dir)
         else:
-            self.model = load_model(model_dir)
+            self.model = load_model(model_dir, trust_remote_code=trust_remote_code)
             self.processor = load_processor(model_dir)
         self.model.eval()
 
@@ -70,9 +71,10 @@ class Predictor:
 
 
 def predict_records(model_dir: Path, records: list[dict], root: Path, evaluation: dict,
-                    adapter_dir: Path | None = None) -> list[dict]:
+                    adapter_dir: Path | None = None, trust_remote_code: bool = False) -> list[dict]:
     """``{"id", "prediction"}`` for each InternVL JSONL record (media relative to root), in order."""
-    predictor = Predictor(Path(model_dir), None if adapter_dir is None else Path(adapter_dir), evaluation)
+    predictor = Predictor(Path(model_dir), None if adapter_dir is None else Path(adapter_dir), evaluation,
+                          trust_remote_code)
     size = predictor.evaluation["batch_size"]
     answers: list[str] = []
     for start in range(0, len(records), size):  # media of one batch in memory at a time
