@@ -7,14 +7,18 @@ work; this module decides how they are set up and checks what comes out.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import json
 import logging
+import os
 import random
 import resource
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -51,6 +55,9 @@ PART_NAMES = {"vision": ("vision_tower", "vision_model"), "projector": ("multi_m
               "language": ("language_model",)}
 COMPLETE_MARKER = "vidtune_checkpoint_complete"
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
+# torchrun's own signals plus SLURM's warning; and how long its processes get to save before SIGKILL.
+TORCHRUN_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1")
+SHUTDOWN_SECONDS = 300
 
 
 def training_settings(training: dict) -> dict:
@@ -309,13 +316,16 @@ def prepare_model(model_dir: Path, settings: dict, trust_remote_code: bool, log:
 
 # --- DeepSpeed and launching -------------------------------------------------------------------------------
 
-def deepspeed_config(training: dict) -> dict:
-    """A ZeRO-2/3 config whose batch sizes match the Trainer's (micro x accumulation x processes)."""
+def deepspeed_config(training: dict, world_size: int | None = None) -> dict:
+    """A ZeRO-2/3 config whose batch sizes match the Trainer's (micro x accumulation x processes).
+
+    ``world_size`` is the number of training processes over all nodes; by default one per configured GPU.
+    """
     settings = training_settings(training)
     stage = {"zero2": 2, "zero3": 3}.get(settings["deepspeed"])
     if stage is None:
         raise ValueError(f"deepspeed must be zero2 or zero3, not {settings['deepspeed']!r}")
-    processes = max(1, settings["gpus"])
+    processes = world_size if world_size is not None else max(1, settings["gpus"])
     zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True,
                             "reduce_bucket_size": "auto"}
     if stage == 3:
@@ -342,12 +352,55 @@ def deepspeed_available() -> bool:
     return importlib.util.find_spec("deepspeed") is not None
 
 
-def launch_command(script: str | Path, args: list[str], gpus: int) -> list[str]:
-    """How the training rule starts a script: one plain process, or torchrun with one process per GPU."""
+def launch_command(target: str | Path, args: list[str], gpus: int) -> list[str]:
+    """How to start a script (a ``.py`` path) or a module (``vidtune.train``): one plain process, or torchrun
+    with one process per GPU on this node. torchrun passes SLURM's stop signals on to every process and gives
+    them time to checkpoint before it kills them."""
+    entry = [str(target)] if Path(target).suffix == ".py" else ["-m", str(target)]
     if gpus <= 1:
-        return [sys.executable, str(script), *args]
+        return [sys.executable, *entry, *args]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-            str(script), *args]
+            f"--signals-to-handle={','.join(TORCHRUN_SIGNALS)}", f"--shutdown-timeout={SHUTDOWN_SECONDS}",
+            *entry, *args]
+
+
+def cli_arguments(meta_path: Path, model_dir: Path, out_dir: Path, training: dict,
+                  trust_remote_code: bool = False) -> list[str]:
+    """The arguments of ``python -m vidtune.train`` (see main) for one training."""
+    return ["--meta", str(meta_path), "--model", str(model_dir), "--out", str(out_dir),
+            "--training", json.dumps(training, sort_keys=True), *(["--trust-remote-code"] * trust_remote_code)]
+
+
+def launch(args: list[str], gpus: int, log: logging.Logger) -> None:
+    """Run ``python -m vidtune.train <args>`` in ``gpus`` processes under torchrun, relaying their output to
+    ``log`` and SIGTERM/SIGUSR1 to torchrun; exits with the processes' status when they fail."""
+    threads = max(1, int(os.environ.get("OMP_NUM_THREADS", gpus)) // gpus)
+    command = launch_command("vidtune.train", args, gpus)
+    log.info("launching %d training processes: %s", gpus, " ".join(command))
+    # Its own session: a signal to this job's process group reaches torchrun once, through this process.
+    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    restore_signals = _install_signal_handlers(lambda signum, _frame: process.send_signal(signum),
+                                               (*STOP_SIGNALS, "SIGINT"))
+    try:
+        for line in process.stdout:
+            log.info("| %s", line.rstrip())
+        status = process.wait()
+    finally:
+        restore_signals()
+    if status != 0:
+        log.error("training processes exited with status %d", status)
+        raise SystemExit(status)
+
+
+def train_job(meta_path: Path, model_dir: Path, out_dir: Path, training: dict, trust_remote_code: bool,
+              log: logging.Logger) -> dict:
+    """What the train rule runs: training in this process, or with ``gpus`` above 1 one process per GPU."""
+    gpus = training_settings(training)["gpus"]
+    if gpus <= 1:
+        return train(meta_path, model_dir, out_dir, training, trust_remote_code=trust_remote_code, log=log)
+    launch(cli_arguments(meta_path, model_dir, out_dir, training, trust_remote_code), gpus, log)
+    return json.loads((Path(out_dir) / "train_summary.json").read_text(encoding="utf-8"))
 
 
 # --- Checkpoints and signals -------------------------------------------------------------------------------
@@ -408,7 +461,8 @@ def _logger(log) -> logging.Logger:
     if isinstance(log, logging.Logger):
         return log
     logger = logging.getLogger("vidtune.train")
-    logger.setLevel(logging.INFO)
+    # Every process checks the data; one reports it.
+    logger.setLevel(logging.INFO if int(os.environ.get("RANK", 0)) == 0 else logging.WARNING)
     if log is not None and not any(getattr(handler, "baseFilename", None) == str(Path(log).resolve())
                                    for handler in logger.handlers):
         handler = logging.FileHandler(log)
@@ -419,20 +473,37 @@ def _logger(log) -> logging.Logger:
     return logger
 
 
+def _gathered(param: nn.Parameter):
+    """The whole tensor inside the block, also when DeepSpeed ZeRO-3 holds only this process's shard of it
+    (a collective: every process must enter it)."""
+    if hasattr(param, "ds_id"):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters([param])
+    return contextlib.nullcontext()
+
+
 def trainable_fingerprints(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A small slice of every trainable tensor, to tell afterwards whether training changed it."""
-    return {name: param.detach().flatten()[:4096].float().cpu().clone()
-            for name, param in model.named_parameters() if param.requires_grad and param.numel() > 0}
+    """A small slice of every trainable tensor, to tell afterwards whether training changed it.
+
+    Under ZeRO-3 every process must call it (each tensor is gathered in turn)."""
+    fingerprints = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            with _gathered(param):
+                if param.numel() > 0:
+                    fingerprints[name] = param.detach().flatten()[:4096].float().cpu().clone()
+    return fingerprints
 
 
 def check_weights_changed(model: nn.Module, before: dict[str, torch.Tensor], final_dir: Path) -> dict:
-    """Fail when nothing trainable moved, or when a saved LoRA B matrix is all zeros (LoRA + ZeRO-3 bug)."""
+    """Fail when nothing trainable moved, or when a saved LoRA B matrix is all zeros (LoRA + ZeRO-3 bug).
+
+    Under ZeRO-3 every process must call it."""
     from safetensors import safe_open
 
-    params = dict(model.named_parameters())
-    unchanged = [name for name, value in before.items()
-                 if params[name].numel() > 0
-                 and torch.equal(params[name].detach().flatten()[:4096].float().cpu(), value)]
+    after = trainable_fingerprints(model)
+    unchanged = [name for name, value in before.items() if name in after and torch.equal(after[name], value)]
     if before and len(unchanged) == len(before):
         raise ModelError("training changed no trainable weight", file=str(final_dir),
                          fix="check the learning rate, the data and (with DeepSpeed ZeRO-3) the LoRA setup")
@@ -454,10 +525,10 @@ def _peak_memory_gib() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, "cpu_max_rss"
 
 
-def _install_signal_handlers(callback: CheckpointCallback) -> Callable[[], None]:
+def _install_signal_handlers(handler: Callable, signals: tuple[str, ...] = STOP_SIGNALS) -> Callable[[], None]:
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    previous = {name: signal.signal(getattr(signal, name), callback.handle_signal) for name in STOP_SIGNALS}
+    previous = {name: signal.signal(getattr(signal, name), handler) for name in signals}
     return lambda: [signal.signal(getattr(signal, name), handler) for name, handler in previous.items()]
 
 
@@ -487,7 +558,7 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, training: dict, trust
     deepspeed = None
     if settings["deepspeed"] != "none":
         if deepspeed_available():
-            deepspeed = deepspeed_config(settings)
+            deepspeed = deepspeed_config(settings, world_size=int(os.environ.get("WORLD_SIZE", 1)))
         else:
             log.warning("deepspeed %s asked for but the deepspeed package is not installed: training without it",
                         settings["deepspeed"])
@@ -513,7 +584,7 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, training: dict, trust
         callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(out_dir / "runs"))))
     trainer = Trainer(model=model, args=args, train_dataset=EncodedDataset(items, processor),
                       data_collator=collator, callbacks=callbacks)
-    restore_signals = _install_signal_handlers(checkpointing)
+    restore_signals = _install_signal_handlers(checkpointing.handle_signal)
     started = time.perf_counter()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -529,6 +600,8 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, training: dict, trust
     if trainer.is_world_process_zero():
         shutil.rmtree(staging, ignore_errors=True)
     trainer.save_model(str(staging))
+    trainer.accelerator.wait_for_everyone()
+    weights = check_weights_changed(model, before, staging)  # every process: ZeRO-3 gathers the weights
     if not trainer.is_world_process_zero():
         return {}
 
@@ -545,7 +618,6 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, training: dict, trust
         processor.save_pretrained(final)
         write_json(final / "vidtune.json", {"method": settings["method"], "base_model": str(model_dir.resolve()),
                                            **data_settings})
-        weights = check_weights_changed(model, before, final)
     shutil.rmtree(staging, ignore_errors=True)
     summary = {
         "method": settings["method"], "steps": trainer.state.global_step, "steps_this_run": steps_done,
@@ -580,8 +652,9 @@ def _sort_adapter_targets(path: Path) -> None:
 
 
 def _parameter_counts(model: nn.Module) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    # ds_numel: a ZeRO-3 parameter's full size (its own tensor is this process's shard, or empty).
+    trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
+    total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     return trainable, total
 
 
@@ -603,3 +676,20 @@ def plot_loss(history: list[dict], path: Path) -> None:
         figure.savefig(temp, format="png", dpi=100)
     plt.close(figure)
 
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m vidtune.train``: one training process; torchrun starts one per GPU (see launch)."""
+    parser = argparse.ArgumentParser(prog="python -m vidtune.train", description=main.__doc__)
+    parser.add_argument("--meta", type=Path, required=True, help="the run's meta.json")
+    parser.add_argument("--model", type=Path, required=True, help="the base model folder")
+    parser.add_argument("--out", type=Path, required=True, help="the training folder (final/, checkpoints/)")
+    parser.add_argument("--training", type=json.loads, default={}, help="runs.<run>.training as JSON")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--log", type=Path, help="log file (default: standard error)")
+    options = parser.parse_args(argv)
+    train(options.meta, options.model, options.out, options.training,
+          trust_remote_code=options.trust_remote_code, log=options.log)
+
+
+if __name__ == "__main__":
+    main()

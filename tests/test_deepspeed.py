@@ -1,0 +1,185 @@
+"""DeepSpeed ZeRO-2/3 and multi-process training on CPU with the tiny model.
+
+The config and launch-command tests are quick. The `integration` ones really train: DeepSpeed needs a
+launcher, so each runs `python -m vidtune.train` with the launcher's environment (RANK, WORLD_SIZE, ...),
+or torchrun with two CPU processes (gloo). The first DeepSpeed run on a machine JIT-compiles its CPU
+communication op (about 80 s, cached under ~/.cache/torch_extensions, shared by the later runs); optimizer
+offload compiles DeepSpeed's CPU Adam once more (about 100 s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForImageTextToText, TrainingArguments
+from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+import vidtune.train as train_module
+from vidtune.merge import merge
+from vidtune.tiny_model import build_tiny_model, write_synthetic_dataset
+from vidtune.train import (cli_arguments, deepspeed_config, launch_command, main, prepare_model, read_jsonl,
+                           train_job, training_settings)
+
+torch.set_num_threads(1)
+SETTINGS = {"image_size": 32, "patch_size": 8, "vision_hidden_size": 32, "vision_layers": 1,
+            "text_hidden_size": 64, "text_layers": 2, "seed": 0}
+# 8 samples, batch 4: 2 steps an epoch, 4 steps; a checkpoint (with DeepSpeed's own state) at step 2.
+QUICK = {"epochs": 2, "learning_rate": 2e-3, "batch_size": 4, "save_steps": 2, "warmup_ratio": 0.0,
+         "lora": {"dropout": 0.0}}
+
+
+# --- Config and command ------------------------------------------------------------------------------------
+
+def _trainer_view(config: dict, world_size: int, **arguments) -> list[str]:
+    """The mismatches transformers finds between a DeepSpeed config and the Trainer's own arguments."""
+    args = TrainingArguments(output_dir="unused", use_cpu=True, **arguments)
+    fields = {field.name: getattr(args, field.name) for field in dataclasses.fields(args) if field.init}
+    checked = HfTrainerDeepSpeedConfig(json.loads(json.dumps(config)))
+    checked.trainer_config_process(SimpleNamespace(**fields, world_size=world_size))
+    return checked.mismatches
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+@pytest.mark.parametrize("world_size", [1, 2, 16])
+def test_config_batch_sizes_agree_with_the_trainer(stage, world_size):
+    training = {"deepspeed": stage, "batch_size": 2, "gradient_accumulation_steps": 4, "gpus": 8}
+    config = deepspeed_config(training, world_size=world_size)
+    assert config["train_micro_batch_size_per_gpu"] == 2 and config["gradient_accumulation_steps"] == 4
+    assert config["train_batch_size"] == 2 * 4 * world_size
+    trainer = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4}
+    assert _trainer_view(config, world_size, **trainer) == []
+    assert any("train_batch_size" in line for line in _trainer_view(config, world_size + 1, **trainer))
+    # Without a world size: one process per configured GPU.
+    assert deepspeed_config(training)["train_batch_size"] == 2 * 4 * 8
+
+
+def test_config_offload():
+    zero2 = deepspeed_config({"deepspeed": "zero2", "offload": True})["zero_optimization"]
+    assert zero2["stage"] == 2 and zero2["offload_optimizer"]["device"] == "cpu" and "offload_param" not in zero2
+    zero3 = deepspeed_config({"deepspeed": "zero3", "offload": True})["zero_optimization"]
+    assert zero3["stage"] == 3 and zero3["offload_optimizer"]["device"] == "cpu"
+    assert zero3["offload_param"]["device"] == "cpu" and zero3["stage3_gather_16bit_weights_on_model_save"]
+    plain = deepspeed_config({"deepspeed": "zero3"})["zero_optimization"]
+    assert "offload_optimizer" not in plain and "offload_param" not in plain
+    with pytest.raises(ValueError, match="zero2 or zero3"):
+        deepspeed_config({"deepspeed": "none"})
+
+
+def test_launch_command_and_cli_arguments(monkeypatch, tmp_path):
+    assert launch_command("vidtune.train", ["--x"], 1) == [sys.executable, "-m", "vidtune.train", "--x"]
+    command = launch_command("vidtune.train", ["--x"], 4)
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"] and "--nproc_per_node=4" in command
+    assert "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1" in command
+    assert command[-3:] == ["-m", "vidtune.train", "--x"]
+    assert launch_command(tmp_path / "train.py", [], 2)[-1] == str(tmp_path / "train.py")
+    calls = []
+    monkeypatch.setattr(train_module, "train", lambda *args, **kwargs: calls.append((args, kwargs)))
+    training = {"method": "lora", "deepspeed": "zero3", "lora": {"rank": 8}}
+    main(cli_arguments(Path("m.json"), Path("base"), Path("out"), training, trust_remote_code=True))
+    assert calls == [((Path("m.json"), Path("base"), Path("out"), training),
+                      {"trust_remote_code": True, "log": None})]
+
+
+# --- Real runs ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    build_tiny_model(folder, SETTINGS)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    return folder, write_synthetic_dataset(folder, 8, num_frames=2, size=32, images=2)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _train_one_process(meta: Path, tiny: Path, out: Path, training: dict) -> subprocess.CompletedProcess:
+    """`python -m vidtune.train` as process 0 of 1, with the environment a launcher gives it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    command = [sys.executable, "-m", "vidtune.train", *cli_arguments(meta, tiny, out, training)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _lora_b(adapter: Path) -> dict[str, torch.Tensor]:
+    with safe_open(adapter / "adapter_model.safetensors", "pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys() if "lora_B" in key}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("stage, offload", [("zero2", False), ("zero3", False), ("zero3", True)])
+def test_zero_stage_trains_lora_that_merges(stage, offload, tiny, data, tmp_path):
+    folder, meta = data
+    training = {**QUICK, "deepspeed": stage, "offload": offload}
+    done = _train_one_process(meta, tiny, tmp_path / "train", training)
+    assert done.returncode == 0, done.stderr[-4000:]
+    summary = json.loads((tmp_path / "train" / "train_summary.json").read_text())
+    assert summary["deepspeed"] == stage and summary["steps"] == 4
+    losses = [entry["loss"] for entry in json.loads((tmp_path / "train" / "loss.json").read_text())]
+    assert losses[-1] < losses[0]
+    # Parameter counts are the whole model's, also where ZeRO-3 holds shards.
+    plain = prepare_model(tiny, training_settings({}), False, logging.getLogger("test"))
+    assert summary["trainable_params"] == sum(p.numel() for p in plain.parameters() if p.requires_grad)
+    assert summary["total_params"] == sum(p.numel() for p in plain.parameters())
+    assert summary["weights_check"] == {"trainable_tensors": len([p for p in plain.parameters() if p.requires_grad]),
+                                        "unchanged_tensors": 0}
+    # DeepSpeed really ran: the checkpoint holds its engine state.
+    assert list((tmp_path / "train" / "checkpoints" / "checkpoint-2").glob("global_step2/*optim_states.pt"))
+    final = tmp_path / "train" / "final"
+    lora_b = _lora_b(final)
+    assert lora_b and all(tensor.any() for tensor in lora_b.values())  # not the "ZeRO-3 trains nothing" zeros
+    check = merge(tiny, final, tmp_path / "merged", read_jsonl(folder / "train.jsonl"), folder)
+    assert check["passed"]
+    AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
+
+
+@pytest.mark.integration
+def test_zero3_weights_check_sees_through_shards(tiny, data, tmp_path):
+    # Full finetuning with a learning rate of 0 under ZeRO-3: every weight is a shard after training, and
+    # the check must still gather and compare them (it used to skip the empty local tensors and pass).
+    _, meta = data
+    training = {**QUICK, "method": "full", "learning_rate": 0.0, "max_steps": 1, "deepspeed": "zero3"}
+    done = _train_one_process(meta, tiny, tmp_path / "train", training)
+    assert done.returncode != 0 and "training changed no trainable weight" in done.stderr
+    assert not (tmp_path / "train" / "final").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("deepspeed", ["none", "zero2"])
+def test_two_processes_under_torchrun(deepspeed, tiny, data, tmp_path):
+    # What the train rule does with gpus: 2. Without GPUs torchrun's two processes train on CPU over gloo.
+    _, meta = data
+    log_file = tmp_path / "train.log"
+    log = logging.getLogger(f"test.torchrun.{deepspeed}")
+    log.setLevel(logging.INFO)
+    log.addHandler(logging.FileHandler(log_file))
+    training = {**QUICK, "batch_size": 2, "gpus": 2, "deepspeed": deepspeed}
+    summary = train_job(meta, tiny, tmp_path / "train", training, trust_remote_code=False, log=log)
+    text = log_file.read_text()
+    assert "torch.distributed.run" in text and "--nproc_per_node=2" in text and "8 training samples" in text
+    # 8 samples over 2 processes x 2 per batch: 2 steps an epoch, 4 in all, each of 4 samples.
+    assert summary["steps"] == 4 and summary["deepspeed"] == deepspeed
+    assert summary["samples_per_s"] * summary["train_seconds"] == pytest.approx(16, rel=0.01)
+    assert summary["weights_check"]["unchanged_tensors"] == 0
+    assert (tmp_path / "train" / "final" / "adapter_model.safetensors").is_file()
