@@ -30,8 +30,9 @@ from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 import vidtune.train as train_module
 from vidtune.merge import merge
 from vidtune.tiny_model import build_tiny_model, write_synthetic_dataset
-from vidtune.train import (cli_arguments, deepspeed_config, launch_command, main, prepare_model, read_jsonl,
-                           train_job, training_settings)
+from vidtune.modeling import load_processor
+from vidtune.train import (EncodedDataset, cli_arguments, deepspeed_config, launch_command, load_training_items,
+                           main, prepare_model, read_jsonl, train_job, training_settings)
 
 torch.set_num_threads(1)
 SETTINGS = {"image_size": 32, "patch_size": 8, "vision_hidden_size": 32, "vision_layers": 1,
@@ -181,5 +182,10 @@ def test_two_processes_under_torchrun(deepspeed, tiny, data, tmp_path):
     # 8 samples over 2 processes x 2 per batch: 2 steps an epoch, 4 in all, each of 4 samples.
     assert summary["steps"] == 4 and summary["deepspeed"] == deepspeed
     assert summary["samples_per_s"] * summary["train_seconds"] == pytest.approx(16, rel=0.01)
+    # tokens/s counts both processes' tokens: every sample's real tokens, twice (2 epochs).
+    processor = load_processor(tiny)
+    items = load_training_items(meta, processor, training_settings({}), log)[0]
+    tokens = 2 * sum(int(sample["attention_mask"].sum()) for sample in EncodedDataset(items, processor))
+    assert summary["tokens_per_s"] * summary["train_seconds"] == pytest.approx(tokens, rel=0.01)
     assert summary["weights_check"]["unchanged_tensors"] == 0
     assert (tmp_path / "train" / "final" / "adapter_model.safetensors").is_file()

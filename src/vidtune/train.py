@@ -602,6 +602,7 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, training: dict, trust
     trainer.save_model(str(staging))
     trainer.accelerator.wait_for_everyone()
     weights = check_weights_changed(model, before, staging)  # every process: ZeRO-3 gathers the weights
+    tokens = int(trainer.accelerator.reduce(torch.tensor(collator.tokens, device=args.device), "sum"))
     if not trainer.is_world_process_zero():
         return {}
 
@@ -623,7 +624,7 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, training: dict, trust
         "method": settings["method"], "steps": trainer.state.global_step, "steps_this_run": steps_done,
         "epochs": trainer.state.epoch, "train_seconds": round(seconds, 3),
         "samples_per_s": round(samples / seconds, 3) if seconds else None,
-        "tokens_per_s": round(collator.tokens / seconds, 1) if seconds else None,
+        "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
         "peak_memory_gib": round(peak, 3), "peak_memory_kind": peak_kind,
         "trainable_params": trainable, "total_params": total, "num_samples": len(items),
         "dropped_samples": dropped, "truncated_samples": truncated, "final_loss": history[-1]["loss"]
