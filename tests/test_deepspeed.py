@@ -13,9 +13,11 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,11 +30,12 @@ from transformers import AutoModelForImageTextToText, TrainingArguments
 from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
 import vidtune.train as train_module
+from conftest import Workflow, quick_config
 from vidtune.merge import merge
-from vidtune.tiny_model import build_tiny_model, write_synthetic_dataset
 from vidtune.modeling import load_processor
-from vidtune.train import (EncodedDataset, cli_arguments, deepspeed_config, launch_command, load_training_items,
-                           main, prepare_model, read_jsonl, train_job, training_settings)
+from vidtune.tiny_model import build_tiny_model, write_synthetic_dataset
+from vidtune.train import (COMPLETE_MARKER, EncodedDataset, cli_arguments, deepspeed_config, launch_command,
+                           load_training_items, main, prepare_model, read_jsonl, train_job, training_settings)
 
 torch.set_num_threads(1)
 SETTINGS = {"image_size": 32, "patch_size": 8, "vision_hidden_size": 32, "vision_layers": 1,
@@ -167,9 +170,10 @@ def test_zero3_weights_check_sees_through_shards(tiny, data, tmp_path):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("deepspeed", ["none", "zero2"])
+@pytest.mark.parametrize("deepspeed", ["none", "zero2", "zero3"])
 def test_two_processes_under_torchrun(deepspeed, tiny, data, tmp_path):
-    # What the train rule does with gpus: 2. Without GPUs torchrun's two processes train on CPU over gloo.
+    # What the train rule does with gpus: 2. Without GPUs torchrun's two processes train on CPU over gloo;
+    # with ZeRO-3 both take part in gathering the shards for saving and for the weights check.
     _, meta = data
     log_file = tmp_path / "train.log"
     log = logging.getLogger(f"test.torchrun.{deepspeed}")
@@ -189,3 +193,51 @@ def test_two_processes_under_torchrun(deepspeed, tiny, data, tmp_path):
     assert summary["tokens_per_s"] * summary["train_seconds"] == pytest.approx(tokens, rel=0.01)
     assert summary["weights_check"]["unchanged_tensors"] == 0
     assert (tmp_path / "train" / "final" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.integration
+def test_train_rule_launches_one_process_per_gpu(tmp_path):
+    # The train rule with gpus: 2 on a machine without GPUs: its script claims the checkpoint folder, then
+    # torchrun's two CPU processes train.
+    config = quick_config()
+    config["runs"]["demo"]["training"].update({"gpus": 2, "deepspeed": "zero2"})
+    workflow = Workflow(tmp_path / "work", config)
+    workflow.snakemake("results/runs/demo/train/train_summary.json")
+    log = workflow.path("results/logs/train/demo.log").read_text()
+    assert "launching 2 training processes" in log and "--nproc_per_node=2" in log
+    summary = json.loads(workflow.path("results/runs/demo/train/train_summary.json").read_text())
+    assert summary["steps"] == 3 and summary["deepspeed"] == "zero2"
+    assert workflow.path("results/runs/demo/train/checkpoints/FINGERPRINT").is_file()
+    assert workflow.path("results/runs/demo/train/final/adapter_model.safetensors").is_file()
+
+
+LAUNCH = """
+import json, logging, sys
+from pathlib import Path
+from vidtune.train import train_job
+logging.basicConfig(filename=sys.argv[4], level=logging.INFO)
+train_job(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[5]), False,
+          logging.getLogger("job"))
+"""
+
+
+@pytest.mark.integration
+def test_stop_signal_reaches_every_process(tiny, data, tmp_path):
+    # SLURM's time-limit warning to the job: torchrun passes it on, both processes stop after the same step,
+    # checkpoint, and exit.
+    _, meta = data
+    out, log_file = tmp_path / "train", tmp_path / "train.log"
+    training = {**QUICK, "batch_size": 2, "gpus": 2, "epochs": 100}
+    job = subprocess.Popen([sys.executable, "-c", LAUNCH, str(meta), str(tiny), str(out), str(log_file),
+                            json.dumps(training)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    marker = out / "checkpoints" / "checkpoint-2" / COMPLETE_MARKER
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert job.poll() is None and time.time() < deadline, "no checkpoint-2"
+        time.sleep(0.1)
+    job.send_signal(signal.SIGUSR1)
+    assert job.wait(timeout=300) != 0
+    assert log_file.read_text().count("stopped by SIGUSR1 after a checkpoint") == 2  # one line per process
+    steps = [int(folder.name.split("-")[1]) for folder in (out / "checkpoints").glob("checkpoint-*")]
+    assert max(steps) > 2 and (out / "checkpoints" / f"checkpoint-{max(steps)}" / COMPLETE_MARKER).is_file()
+    assert max(steps) < 200 and not (out / "final").exists()

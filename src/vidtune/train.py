@@ -31,7 +31,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 
 from vidtune.atomic import atomic_dir, dumps_json, write_json
-from vidtune.errors import DataError, ModelError
+from vidtune.errors import ConfigError, DataError, ModelError
 from vidtune.modeling import (build_messages, collate, encode_sample, load_images, load_model, load_processor,
                               record_media_paths, record_text)
 
@@ -373,7 +373,10 @@ def cli_arguments(meta_path: Path, model_dir: Path, out_dir: Path, training: dic
 
 def launch(args: list[str], gpus: int, log: logging.Logger) -> None:
     """Run ``python -m vidtune.train <args>`` in ``gpus`` processes under torchrun, relaying their output to
-    ``log`` and SIGTERM/SIGUSR1 to torchrun; exits with the processes' status when they fail."""
+    ``log`` and SIGTERM/SIGUSR1/SIGINT to torchrun; exits with the processes' status when they fail."""
+    if torch.cuda.is_available() and torch.cuda.device_count() < gpus:
+        raise ConfigError(f"training.gpus is {gpus} but this job sees {torch.cuda.device_count()} GPUs",
+                          fix="give the job as many GPUs as training.gpus (CUDA_VISIBLE_DEVICES, SLURM --gpus)")
     threads = max(1, int(os.environ.get("OMP_NUM_THREADS", gpus)) // gpus)
     command = launch_command("vidtune.train", args, gpus)
     log.info("launching %d training processes: %s", gpus, " ".join(command))
@@ -445,6 +448,11 @@ class CheckpointCallback(TrainerCallback):
             self.restored_optimizer_step = max(steps) if steps else 0
 
     def on_step_end(self, args, state, control, **kwargs):
+        if args.world_size > 1:
+            # Processes may see a signal a step apart: all stop after the same step, or the save hangs.
+            signum = torch.tensor(getattr(signal, self.stop_signal) if self.stop_signal else 0, device=args.device)
+            torch.distributed.all_reduce(signum, op=torch.distributed.ReduceOp.MAX)
+            self.stop_signal = signal.Signals(int(signum)).name if signum else None
         if self.stop_signal:
             control.should_save = True
             control.should_training_stop = True
