@@ -13,6 +13,7 @@ reject, never a hang, and a crashing decoder costs one item, not the shard.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import multiprocessing
@@ -33,6 +34,9 @@ from vidtune.frames.settings import FrameSettings
 
 RECORD = "frames.json"
 PROGRESS_EVERY_S = 10.0
+# Errors of the disk the cache is on, never of a video: they fail the shard instead of rejecting its items,
+# since a reject would be written into the shard index and outlive the fault.
+STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def cache_folder(cache_root: str | os.PathLike, key: str) -> Path:
@@ -177,9 +181,10 @@ def _worker_main(connection, cache_root: str, settings: FrameSettings) -> None:
             return
         try:
             connection.send(extract_item(item, cache_root, settings))
-        except Exception as error:  # rejects the item (not cached), never the shard
-            connection.send({"status": "rejected", "reason": f"extraction failed: {error}",
-                             "transient": True})
+        except Exception as error:  # rejects the item (not cached), never the shard; a full disk fails it
+            storage = isinstance(error, OSError) and error.errno in STORAGE_ERRORS
+            connection.send({"status": "storage_error" if storage else "rejected", "transient": True,
+                             "reason": f"extraction failed: {error}"})
 
 
 class _Worker:
@@ -252,6 +257,10 @@ def _run_pool(todo: list[dict], cache_root, settings: FrameSettings, workers: in
                 if record is None:
                     continue
                 key = worker.item["key"]
+                if record["status"] == "storage_error":
+                    raise OSError(f"cannot write frames to the cache {cache_root} ({record['reason']}, at "
+                                  f"{worker.item['path']}). What to do: free space or fix the file system "
+                                  "there, then run again; the frames already cached are kept")
                 records[key] = {k: v for k, v in record.items() if k != "transient"}
                 if record.get("transient"):
                     worker.kill()
@@ -262,7 +271,11 @@ def _run_pool(todo: list[dict], cache_root, settings: FrameSettings, workers: in
                 progress.done(len(records[key].get("frames", [])))
     finally:
         for worker in pool:
-            worker.kill() if worker.item else worker.stop()
+            if worker.item:  # stopped mid-item (the shard failed): its temporary folder goes too
+                worker.kill()
+                remove_stale_temporaries(cache_folder(cache_root, worker.item["key"]))
+            else:
+                worker.stop()
     progress.report(final=True)
     return records
 
