@@ -105,7 +105,7 @@ def scale_part(workdir: Path, clips: int) -> dict:
         "split": {"train": 0.998, "val": 0.0, "test": 0.002, "seed": 0}}}
     run = config["runs"]["demo"]
     run["datasets"] = ["scale"]
-    run["training"].update(max_steps=1, epochs=1, batch_size=1, save_steps=1)
+    run["training"].update(max_steps=2, epochs=1, batch_size=1, save_steps=2, warmup_ratio=0.0)
     run["evaluation"].update(max_new_tokens=2, batch_size=32)
     config["runs"] = {"scale": run}
     write_config(workdir, config)
