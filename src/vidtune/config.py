@@ -1,16 +1,34 @@
-"""Checks on the workflow configuration that a JSON schema cannot express.
+"""The configuration's schema and the checks on it that a JSON schema cannot express.
 
-The schema (workflow/schemas/config.schema.yaml) checks keys and types; this module checks what the keys
-refer to: datasets and models that runs name, folders that must exist, model folders that must be models.
-Both run when the workflow is parsed, so a bad config fails before any job starts.
+The schema (``config.schema.yaml`` beside this module, also reachable as workflow/schemas/config.schema.yaml)
+checks keys and types and holds every default; :func:`schema_defaults` gives them to the library, so code
+used outside Snakemake defaults exactly as the workflow does. :func:`check_config` checks what the keys refer
+to: datasets and models that runs name, folders that must exist, model folders that must be models. Both run
+when the workflow is parsed, so a bad config fails before any job starts.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
+import yaml
+
 from vidtune.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+
+@functools.cache
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def schema_defaults(definition: str) -> dict:
+    """The defaults of one of the schema's definitions (``training``, ``frames``...), one level deep."""
+    properties = _schema()["definitions"][definition]["properties"]
+    return {name: spec["default"] for name, spec in properties.items() if "default" in spec}
 
 # Dataset formats whose files the workflow generates itself, so they need not exist at parse time.
 GENERATED_FORMATS = {"demo"}

@@ -20,14 +20,14 @@ from typing import Sequence
 
 import torch
 
+from vidtune.config import schema_defaults
 from vidtune.atomic import write_jsonl
 from vidtune.errors import VidtuneError
 from vidtune.modeling import (collate, encode_sample, load_adapter_model, load_images, load_model,
                               load_processor, load_record_media, read_run_settings, record_media_paths,
                               record_text)
 
-EVALUATION_DEFAULTS = {"max_new_tokens": 128, "batch_size": 4, "do_sample": False, "temperature": 1.0,
-                       "top_p": 1.0, "num_beams": 1}
+EVALUATION_DEFAULTS = schema_defaults("evaluation")
 
 
 class Predictor:

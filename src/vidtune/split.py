@@ -13,10 +13,11 @@ from __future__ import annotations
 import hashlib
 from collections import Counter, defaultdict
 
+from vidtune.config import schema_defaults
 from vidtune.errors import ConfigError
 from vidtune.samples import SPLITS, Sample
 
-DEFAULTS = {"train": 0.8, "val": 0.1, "test": 0.1, "seed": 0, "use_official": True}
+DEFAULTS = schema_defaults("split")
 
 
 def hash_fraction(seed: int, group_key: str) -> float:

@@ -18,10 +18,10 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2Im
 from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
 
 from vidtune.atomic import atomic_dir
+from vidtune.config import schema_defaults
 from vidtune.modeling import InternVLImageOnlyProcessor
 
-DEFAULTS = {"image_size": 64, "patch_size": 8, "vision_hidden_size": 64, "vision_layers": 2,
-            "text_hidden_size": 64, "text_layers": 2, "seed": 0}
+DEFAULTS = schema_defaults("tiny_model")
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
 VOCAB_SIZE = 1024
 DOWNSAMPLE_RATIO = 0.5

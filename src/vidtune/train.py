@@ -31,22 +31,16 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 
 from vidtune.atomic import atomic_dir, dumps_json, write_json
+from vidtune.config import schema_defaults
 from vidtune.errors import ConfigError, DataError, ModelError
 from vidtune.modeling import (build_messages, collate, encode_sample, load_images, load_model, load_processor,
                               record_media_paths, record_text)
 
 # --- Settings ----------------------------------------------------------------------------------------------
 
-# The schema's defaults (workflow/schemas/config.schema.yaml, definitions training and lora).
-LORA_DEFAULTS = {"rank": 16, "alpha": 32, "dropout": 0.05, "train_projector": True, "vision": False}
-TRAINING_DEFAULTS = {
-    "method": "lora", "freeze_vision": True, "freeze_projector": False, "freeze_language": False, "epochs": 1,
-    "max_steps": -1, "learning_rate": 2e-4, "weight_decay": 0.0, "warmup_ratio": 0.03, "batch_size": 1,
-    "gradient_accumulation_steps": 1, "gradient_checkpointing": False, "bf16": "auto", "max_seq_length": 8192,
-    "over_length": "drop", "seed": 42, "save_steps": 50, "save_total_limit": 2, "logging_steps": 1, "gpus": 0,
-    "deepspeed": "none", "offload": False, "runtime_min": 720,
-}
-DEFAULT_PROMPT = "Describe the video."
+LORA_DEFAULTS = schema_defaults("lora")
+TRAINING_DEFAULTS = schema_defaults("training")
+DEFAULT_PROMPT = schema_defaults("dataset")["prompt"]
 # Linear layers LoRA targets in the language model: Qwen2/Llama-style and InternLM2-style names.
 LANGUAGE_LORA_TARGETS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                          "wqkv", "wo", "w1", "w2", "w3"}

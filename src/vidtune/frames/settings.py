@@ -5,23 +5,25 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from vidtune.config import schema_defaults
 from vidtune.errors import ConfigError
 
 POLICIES = ("uniform", "fps")
 BACKENDS = ("pyav", "ffmpeg")
+_DEFAULTS = schema_defaults("frames")  # the schema is the one place defaults are written
 
 
 @dataclasses.dataclass(frozen=True)
 class FrameSettings:
-    policy: str = "uniform"
-    num_frames: int = 8
-    fps: float = 1.0
-    max_frames: int = 32
-    min_frames: int = 1
-    short_side: int = 448
-    jpeg_quality: int = 90
-    backend: str = "pyav"
-    timeout_s: float = 300.0
+    policy: str = _DEFAULTS["policy"]
+    num_frames: int = _DEFAULTS["num_frames"]
+    fps: float = _DEFAULTS["fps"]
+    max_frames: int = _DEFAULTS["max_frames"]
+    min_frames: int = _DEFAULTS["min_frames"]
+    short_side: int = _DEFAULTS["short_side"]
+    jpeg_quality: int = _DEFAULTS["jpeg_quality"]
+    backend: str = _DEFAULTS["backend"]
+    timeout_s: float = _DEFAULTS["timeout_s"]
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> "FrameSettings":
