@@ -12,7 +12,7 @@ system:
 	bash envs/install_system_packages.sh $(SYSTEM_FLAGS)
 
 $(BIN)/snakemake: requirements.txt pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
