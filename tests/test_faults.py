@@ -111,7 +111,11 @@ def killed_chain(tmp_path_factory):
     previous = None
     for step, rule, how in KILLS:
         env = {"VIDTUNE_FAULT_KILL_BEFORE_RENAME": how} if isinstance(how, str) else {}
-        run = Run(workflow, "train_all", env=env)
+        # Frame extraction does not depend on split: without --keep-going the shard kill can stop the run
+        # before the split killed last time has been rerun. (Only here: elsewhere it would let the next
+        # step's job finish early, unkilled, wherever that job does not depend on the one just killed.)
+        keep_going = ["--keep-going"] if rule == "extract_frames" else []
+        run = Run(workflow, "train_all", *keep_going, env=env)
         if not isinstance(how, str):
             how(run)
         run.wait()
