@@ -103,7 +103,8 @@ def test_sample_missing_from_every_index_stops_the_step(tmp_path, inputs):
 
 
 def test_meta_json_entries(tmp_path):
-    cfg_a = {"repeat_time": 2, "max_dynamic_patch": 12, "prompt": "Describe.", "frames": {"num_frames": 4}}
+    cfg_a = {"repeat_time": 2, "max_dynamic_patch": 12, "prompt": "Describe.",
+             "frames": {"num_frames": 4, "timeout_s": 9.0}}  # the timeout does not reach the model
     meta = write_meta([("b", Path("results/internvl/b/train.jsonl"), 7, {}),
                        ("a", Path("results/internvl/a/train.jsonl"), 3, cfg_a)], tmp_path / "meta.json")
     assert meta["a"] == {"root": str(Path.cwd().resolve()) + os.sep,

@@ -112,6 +112,15 @@ def write_internvl_dataset(split_table: Path, shard_indexes: list[Path], out_dir
     return summary
 
 
+def _data_settings(cfg: dict) -> dict:
+    """The prompt and frame sampling a trained model must reproduce; the decode timeout is left out, so
+    changing it does not make training stale."""
+    settings = {key: cfg[key] for key in ("prompt", "frames") if key in cfg}
+    if "frames" in settings:
+        settings["frames"] = {k: v for k, v in settings["frames"].items() if k != "timeout_s"}
+    return settings
+
+
 def meta_entry(annotation: Path, length: int, cfg: dict, *, root: Path | None = None) -> dict:
     """One dataset's entry in InternVL's meta.json (``root`` defaults to the working directory).
 
@@ -125,7 +134,7 @@ def meta_entry(annotation: Path, length: int, cfg: dict, *, root: Path | None = 
         "max_dynamic_patch": int(cfg.get("max_dynamic_patch", 6)),
         "repeat_time": cfg.get("repeat_time", 1),
         "length": int(length),
-        "data_settings": {key: cfg[key] for key in ("prompt", "frames") if key in cfg},
+        "data_settings": _data_settings(cfg),
     }
 
 
