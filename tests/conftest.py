@@ -91,6 +91,21 @@ def parse_job_stats(output: str) -> dict[str, int]:
     return jobs
 
 
+# The tiny model the training-level tests share: smaller than the demo's (32 px, one vision layer).
+TRAINING_TEST_MODEL = {"image_size": 32, "patch_size": 8, "vision_hidden_size": 32, "vision_layers": 1,
+                       "text_hidden_size": 64, "text_layers": 2, "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    """A built TRAINING_TEST_MODEL folder, read-only for the tests that use it."""
+    from vidtune.tiny_model import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    build_tiny_model(folder, TRAINING_TEST_MODEL)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def quick_run(tmp_path_factory) -> Workflow:
     """One complete `train_all` of the reduced demo, shared by the tests that only read it."""

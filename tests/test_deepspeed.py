@@ -33,13 +33,11 @@ import vidtune.train as train_module
 from conftest import Workflow, quick_config
 from vidtune.merge import merge
 from vidtune.modeling import load_processor
-from vidtune.tiny_model import build_tiny_model, write_synthetic_dataset
+from vidtune.tiny_model import write_synthetic_dataset
 from vidtune.train import (COMPLETE_MARKER, EncodedDataset, cli_arguments, deepspeed_config, launch_command,
                            load_training_items, main, prepare_model, read_jsonl, train_job, training_settings)
 
 torch.set_num_threads(1)
-SETTINGS = {"image_size": 32, "patch_size": 8, "vision_hidden_size": 32, "vision_layers": 1,
-            "text_hidden_size": 64, "text_layers": 2, "seed": 0}
 # 8 samples, batch 4: 2 steps an epoch, 4 steps; a checkpoint (with DeepSpeed's own state) at step 2.
 QUICK = {"epochs": 2, "learning_rate": 2e-3, "batch_size": 4, "save_steps": 2, "warmup_ratio": 0.0,
          "lora": {"dropout": 0.0}}
@@ -98,13 +96,6 @@ def test_launch_command_and_cli_arguments(monkeypatch, tmp_path):
 
 
 # --- Real runs ---------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    build_tiny_model(folder, SETTINGS)
-    return folder
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

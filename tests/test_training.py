@@ -17,22 +17,13 @@ import torch
 from safetensors.torch import save_file
 
 from vidtune.errors import DataError, ModelError
-from vidtune.tiny_model import build_tiny_model, write_synthetic_dataset
+from vidtune.tiny_model import write_synthetic_dataset
 from vidtune.train import (COMPLETE_MARKER, check_weights_changed, deepspeed_config, launch_command,
                            load_training_items, train)
 
 torch.set_num_threads(1)
-SETTINGS = {"image_size": 32, "patch_size": 8, "vision_hidden_size": 32, "vision_layers": 1,
-            "text_hidden_size": 64, "text_layers": 2, "seed": 0}
 FAST = {"epochs": 4, "learning_rate": 2e-3, "batch_size": 4, "save_steps": 4, "warmup_ratio": 0.0,
         "lora": {"dropout": 0.0}}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    build_tiny_model(folder, SETTINGS)
-    return folder
 
 
 @pytest.fixture(scope="module")
