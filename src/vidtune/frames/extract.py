@@ -13,6 +13,7 @@ reject, never a hang, and a crashing decoder costs one item, not the shard.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -134,14 +135,17 @@ def item_result(item: dict, record: dict, cache_root: str | os.PathLike) -> dict
 
 
 def extract_shard(manifest: dict, cache_root: str | os.PathLike = Path("results/frames/cache"),
-                  workers: int = 2, log: logging.Logger | None = None) -> dict:
+                  workers: int = 2, timeout_s: float | None = None, log: logging.Logger | None = None) -> dict:
     """Extract every item of a shard manifest; returns the shard index.
 
     ``{"items": {key: result}, "summary": {"extracted", "reused", "rejected", "frames_written"}}``: the
     items part depends only on the manifest and the files; the summary says what this run did.
+    ``timeout_s`` (a job limit, not in the manifest) defaults to the schema's.
     """
     log = log or logging.getLogger(__name__)
     settings = FrameSettings(**manifest["settings"])
+    if timeout_s is not None:
+        settings = dataclasses.replace(settings, timeout_s=float(timeout_s))
     items = {item["key"]: item for item in manifest["items"]}
     records, todo = {}, []
     for key, item in items.items():
