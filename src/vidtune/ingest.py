@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from vidtune.adapters import adapter
-from vidtune.adapters.base import reason, reason_code
+from vidtune.rejects import reason, reason_code
 from vidtune.atomic import write_jsonl
 from vidtune.errors import DataError
 from vidtune.samples import MEDIA_TYPES, Reject, Sample

@@ -5,7 +5,8 @@ annotations write them, relative to the dataset root) and :class:`~vidtune.sampl
 what it cannot parse. Path safety, missing media, empty targets, duplicates and clip windows are checked
 once for every format in :mod:`vidtune.ingest`.
 
-Reject reasons read ``<code>: <detail>``; summaries count rejects by code.
+Reject reasons read ``<class>: <detail>``, the classes those of :mod:`vidtune.rejects`; summaries count
+rejects by class.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
 from vidtune.errors import ConfigError, DataError, MediaError
+from vidtune.rejects import reason  # noqa: F401 - the adapters import it from here
 from vidtune.samples import SPLITS, Reject, Sample
 
 OptionsT = TypeVar("OptionsT")
@@ -27,15 +29,6 @@ OptionsT = TypeVar("OptionsT")
 # Official split names as published datasets spell them.
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                   "validation": "val", "dev": "val", "test": "test", "testing": "test"}
-
-
-def reason(code: str, detail: str) -> str:
-    return f"{code}: {detail}"
-
-
-def reason_code(text: str) -> str:
-    """The code part of a reject reason (``missing_media: ...`` -> ``missing_media``)."""
-    return text.split(":", 1)[0].strip()
 
 
 def parse_options(name: str, cfg: dict, options_type: type[OptionsT]) -> OptionsT:

@@ -31,6 +31,7 @@ from vidtune.errors import MediaError
 from vidtune.frames.decode import read_frames
 from vidtune.frames.manifest import FORMAT_VERSION
 from vidtune.frames.settings import FrameSettings
+from vidtune.rejects import reason
 
 RECORD = "frames.json"
 PROGRESS_EVERY_S = 10.0
@@ -111,11 +112,12 @@ def _publish(temp: Path, folder: Path) -> None:
 
 
 def _reason(error: Exception) -> str:
+    """The reject reason (``<class>: <detail>``, see :mod:`vidtune.rejects`) for a decoding error."""
     if isinstance(error, MediaError):
-        return error.problem + (f". What to do: {error.fix}" if error.fix else "")
+        return reason(error.code, error.problem + (f". What to do: {error.fix}" if error.fix else ""))
     if isinstance(error, Image.UnidentifiedImageError):
-        return "cannot open as an image (unknown or corrupt format)"
-    return f"cannot decode: {error}"
+        return reason("unreadable_media", "cannot open as an image (unknown or corrupt format)")
+    return reason("unreadable_media", f"cannot decode: {error}")
 
 
 # --- the shard --------------------------------------------------------------------------------------------
@@ -146,7 +148,7 @@ def extract_shard(manifest: dict, cache_root: str | os.PathLike = Path("results/
     records, todo = {}, []
     for key, item in items.items():
         if not os.path.exists(item["path"]):
-            records[key] = {"status": "rejected", "reason": "file not found"}
+            records[key] = {"status": "rejected", "reason": reason("missing_media", f"{item['path']} does not exist")}
             continue
         record = load_record(cache_folder(cache_root, key))
         if record is None:
@@ -184,7 +186,7 @@ def _worker_main(connection, cache_root: str, settings: FrameSettings) -> None:
         except Exception as error:  # rejects the item (not cached), never the shard; a full disk fails it
             storage = isinstance(error, OSError) and error.errno in STORAGE_ERRORS
             connection.send({"status": "storage_error" if storage else "rejected", "transient": True,
-                             "reason": f"extraction failed: {error}"})
+                             "reason": reason("extraction_failed", str(error))})
 
 
 class _Worker:
@@ -250,10 +252,11 @@ def _run_pool(todo: list[dict], cache_root, settings: FrameSettings, workers: in
                         code = worker.process.exitcode
                         how = f"signal {-code}" if code and code < 0 else f"exit code {code}"
                         record = {"status": "rejected", "transient": True,
-                                  "reason": f"the decoder process died ({how})"}
+                                  "reason": reason("decoder_crashed", f"the decoder process died ({how})")}
                 elif worker.item and time.monotonic() - worker.started > settings.timeout_s:
                     record = {"status": "rejected", "transient": True,
-                              "reason": f"timed out after {settings.timeout_s:g} s (hanging decode)"}
+                              "reason": reason("decode_timeout",
+                                                    f"timed out after {settings.timeout_s:g} s (hanging decode)")}
                 if record is None:
                     continue
                 key = worker.item["key"]
