@@ -225,6 +225,11 @@ def tidy_spacing(text: str) -> str:
     return _SPACE_BEFORE_PUNCT.sub(r"\1", _SPACES.sub(" ", text)).strip()
 
 
+def window_id(media_path: str, start: float | None, end: float | None) -> str:
+    """The id of a record that has none: its media path and clip window (``a.mp4@2.0-4.0``)."""
+    return media_path + ("" if start is None and end is None else f"@{start}-{end}")
+
+
 def sample(name: str, cfg: dict, local_id: str, *, media_path: str, target: str, source: str,
            media_type: str = "video", prompt: str | None = None, references: tuple[str, ...] | None = None,
            group_key: str | None = None, **fields: Any) -> Sample:
