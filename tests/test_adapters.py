@@ -78,13 +78,65 @@ def test_ego4d_plain_summary_file(tmp_path):
 
 def test_ego4d_video_without_any_pass_is_rejected(tmp_path):
     cfg = fx.make_ego4d_dataset(tmp_path)
-    path = tmp_path / "annotations" / "narration.json"
+    path = tmp_path / "v2" / "annotations" / "narration.json"
     narration = json.loads(path.read_text())
     narration["extra-video"] = {"status": "redacted"}
     path.write_text(json.dumps(narration))
     _, rejects = read("ego", cfg)
     assert [r.record for r in rejects] == ["video_uid extra-video"]
     assert rejects[0].reason.startswith("missing_field")
+
+
+def test_ego4d_hand_made_layout_at_the_root_is_found_too(tmp_path):
+    cfg = fx.make_ego4d_dataset(tmp_path)
+    for name in ("ego4d.json", "annotations"):
+        (tmp_path / "v2" / name).rename(tmp_path / name)
+    samples, rejects = read("ego", cfg)
+    assert len(samples) == 3 and not rejects
+    assert all(s.duration == 2.0 for s in samples.values())
+
+
+def test_ego4d_without_metadata_warns_and_ingest_reads_durations(tmp_path, caplog):
+    cfg = fx.make_ego4d_dataset(tmp_path)
+    (tmp_path / "v2" / "ego4d.json").unlink()
+    with caplog.at_level("WARNING", logger="vidtune.adapters.ego4d"):
+        samples, _ = read("ego", cfg)
+    assert all(s.duration is None for s in samples.values())
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "duration of 3 of 3 videos is unknown" in warning and "datasets.ego.options.metadata" in warning
+    assert str(tmp_path / "v2" / "ego4d.json") in warning
+    # Ingest still checks and cuts the windows: the length comes from each video's header.
+    ingested = {s.sample_id: s for s in ingest_dataset("ego", cfg).samples}
+    assert all(s.duration == 2.0 for s in ingested.values())
+
+
+def test_ego4d_metadata_option_must_exist(tmp_path):
+    cfg = fx.make_ego4d_dataset(tmp_path)
+    cfg["options"] = {"metadata": "elsewhere/ego4d.json"}
+    with pytest.raises(ConfigError, match=r"datasets\.ego\.options\.metadata"):
+        read("ego", cfg)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "v2" / "ego4d.json").rename(tmp_path / "elsewhere" / "ego4d.json")
+    samples, _ = read("ego", cfg)
+    assert all(s.duration == 2.0 for s in samples.values())
+
+
+def test_ego4d_missing_narration_file_names_the_annotations_setting(tmp_path):
+    cfg = fx.make_ego4d_dataset(tmp_path)
+    (tmp_path / "v2" / "annotations" / "narration.json").unlink()
+    with pytest.raises(ConfigError, match=r"v2/annotations/narration\.json.*datasets\.ego\.annotations"):
+        read("ego", cfg)
+
+
+def test_ego4d_summary_past_the_video_is_cut_to_it(tmp_path):
+    cfg = fx.make_ego4d_dataset(tmp_path)
+    path = tmp_path / "v2" / "annotations" / "narration.json"
+    narration = json.loads(path.read_text())
+    narration[fx.EGO4D_UIDS[2]]["narration_pass_1"]["summaries"][0].update(start_sec=1.0, end_sec=5.0)
+    path.write_text(json.dumps(narration))
+    samples = {s.sample_id: s for s in ingest_dataset("ego", cfg).samples}
+    cut = samples[f"ego/{fx.EGO4D_UIDS[2]}/summary_0000"]
+    assert (cut.clip_start, cut.clip_end) == (1.0, 2.0)
 
 
 # --- QEVD ------------------------------------------------------------------------------------------
@@ -293,7 +345,7 @@ def test_option_of_wrong_type_names_the_key(tmp_path):
 
 def test_invalid_json_annotation_names_file_and_line(tmp_path):
     cfg = fx.make_ego4d_dataset(tmp_path)
-    path = tmp_path / "annotations" / "narration.json"
+    path = tmp_path / "v2" / "annotations" / "narration.json"
     path.write_text('{\n  "a": {\n    "narration_pass_1": [1, 2,\n')
     with pytest.raises(DataError, match=r"narration\.json \(record line \d+\): not valid JSON"):
         ingest_dataset("e", cfg)

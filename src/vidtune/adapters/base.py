@@ -97,17 +97,24 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
-def annotation_file(name: str, cfg: dict, default_under_root: str | None) -> Path:
-    """The main annotation file: ``cfg["annotations"]`` (relative to the working directory) or the
-    format's default under the root. A missing file is a config mistake, so it stops the step."""
+def annotation_file(name: str, cfg: dict, defaults_under_root: tuple[str, ...] = ()) -> Path:
+    """The main annotation file: ``cfg["annotations"]`` (relative to the working directory), else the first
+    of the format's default places under the root that exists. A missing file is a config mistake, so it
+    stops the step, naming ``annotations``: the setting that points at the file."""
+    key = f"datasets.{name}.annotations"
     given = cfg.get("annotations")
-    path = Path(given) if given else Path(cfg["root"]) / (default_under_root or "")
-    if not given and default_under_root is None:
-        raise ConfigError(f"datasets.{name}.annotations is required for format {cfg.get('format')!r}")
-    if not path.is_file():
-        key = f"datasets.{name}.annotations" if given else f"datasets.{name}.root"
-        raise ConfigError(f"annotation file {path} does not exist", fix=f"check {key}")
-    return path
+    if given:
+        if not Path(given).is_file():
+            raise ConfigError(f"annotation file {given} does not exist", fix=f"check {key}")
+        return Path(given)
+    if not defaults_under_root:
+        raise ConfigError(f"{key} is required for format {cfg.get('format')!r}")
+    candidates = [Path(cfg["root"]) / default for default in defaults_under_root]
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        raise ConfigError(f"no annotation file: none of {', '.join(map(str, candidates))} exists",
+                          fix=f"set {key} to the file (or check datasets.{name}.root)")
+    return found
 
 
 def option_file(name: str, cfg: dict, key: str, value: str) -> Path:
