@@ -208,18 +208,25 @@ def test_nexar_metadata_target_is_canonical_json_with_aliases(tmp_path):
     assert json.loads(samples["n/videos/00002.mp4"].target)["rule_violations"] == ["speeding"]
 
 
-def test_nexar_field_set_and_user_aliases(tmp_path):
+def test_nexar_field_set_and_user_aliases(tmp_path, caplog):
     cfg = fx.make_nexar_dataset(tmp_path)
     path = tmp_path / "dataset" / "metadata.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     for row in rows:
         row["density"] = row.pop("traffic_density")
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    _, rejects = read("n", cfg)
-    assert len(rejects) == 4 and all("traffic_density" in r.reason for r in rejects)
+    with caplog.at_level("WARNING", logger="vidtune.adapters.nexar"):
+        samples, rejects = read("n", cfg)  # no record has the field: it is left out, not null everywhere
+    assert not rejects and all("traffic_density" not in json.loads(s.target) for s in samples.values())
+    assert "traffic_density" in caplog.text and "datasets.n.options.aliases" in caplog.text
     cfg["options"] = {"aliases": {"traffic_density": ["density"]}}
     samples, rejects = read("n", cfg)
     assert not rejects
+    assert json.loads(samples["n/videos/00001.mp4"].target)["traffic_density"] == "low"
+    rows[0].pop("density")  # one record lacking a field the others have is rejected
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, rejects = read("n", cfg)
+    assert [r.record for r in rejects] == ["line 1"] and "traffic_density" in rejects[0].reason
     cfg["options"] = {"fields": ["event_type", "visibility"]}
     samples, _ = read("n", cfg)
     assert samples["n/videos/00001.mp4"].target == '{"event_type": "normal", "visibility": "good"}'
@@ -240,6 +247,27 @@ def test_nexar_competition_unpadded_ids_and_windows(tmp_path):
     # event at 0.7: windows after it are left out
     assert sorted(k for k in samples if k.startswith("n/01234/")) == ["n/01234/w000", "n/01234/w001"]
     assert samples["n/01234/w000"].duration == pytest.approx(2.0, abs=0.05)
+
+
+def test_nexar_competition_without_metadata_csv_has_no_null_fields(tmp_path, caplog):
+    cfg = fx.make_nexar_dataset(tmp_path, layout="competition")
+    (tmp_path / "train" / "metadata.csv").unlink()
+    with caplog.at_level("WARNING", logger="vidtune.adapters.nexar"):
+        samples, rejects = read("n", cfg)
+    assert not rejects and samples
+    assert {s.target for s in samples.values()} <= {json.dumps({"label": label}, separators=(", ", ": "))
+                                                    for label in ("normal", "risk_ahead", "collision_or_near_miss")}
+    assert "light_conditions, weather, scene" in caplog.text
+
+
+def test_nexar_competition_keeps_a_metadata_field_some_video_has(tmp_path):
+    cfg = fx.make_nexar_dataset(tmp_path, layout="competition")
+    path = tmp_path / "train" / "metadata.csv"
+    path.write_text("file_name,light_conditions,weather,scene\n00822.mp4,Normal,,\n00007.mp4,,,\n", encoding="utf-8")
+    samples, _ = read("n", cfg)
+    assert json.loads(samples["n/00822/w000"].target) == {"label": "normal", "light_conditions": "Normal"}
+    assert json.loads(samples["n/00007/w000"].target) == {"label": "normal", "light_conditions": None}
+    assert json.loads(samples["n/01234/w001"].target) == {"label": "collision_or_near_miss", "light_conditions": None}
 
 
 def test_nexar_competition_window_width_option(tmp_path):
