@@ -255,19 +255,20 @@ def test_nexar_competition_without_metadata_csv_has_no_null_fields(tmp_path, cap
     with caplog.at_level("WARNING", logger="vidtune.adapters.nexar"):
         samples, rejects = read("n", cfg)
     assert not rejects and samples
-    assert {s.target for s in samples.values()} <= {json.dumps({"label": label}, separators=(", ", ": "))
-                                                    for label in ("normal", "risk_ahead", "collision_or_near_miss")}
+    labels = ("normal", "risk_ahead", "collision_or_near_miss")
+    assert {s.target for s in samples.values()} <= {json.dumps({"label": label}) for label in labels}
     assert "light_conditions, weather, scene" in caplog.text
 
 
 def test_nexar_competition_keeps_a_metadata_field_some_video_has(tmp_path):
     cfg = fx.make_nexar_dataset(tmp_path, layout="competition")
     path = tmp_path / "train" / "metadata.csv"
-    path.write_text("file_name,light_conditions,weather,scene\n00822.mp4,Normal,,\n00007.mp4,,,\n", encoding="utf-8")
+    path.write_text("file_name,light_conditions,weather,scene\n00822.mp4,Normal,,\n00007.mp4,,,\n")
     samples, _ = read("n", cfg)
     assert json.loads(samples["n/00822/w000"].target) == {"label": "normal", "light_conditions": "Normal"}
     assert json.loads(samples["n/00007/w000"].target) == {"label": "normal", "light_conditions": None}
-    assert json.loads(samples["n/01234/w001"].target) == {"label": "collision_or_near_miss", "light_conditions": None}
+    assert json.loads(samples["n/01234/w001"].target) == {"label": "collision_or_near_miss",
+                                                         "light_conditions": None}
 
 
 def test_nexar_competition_window_width_option(tmp_path):

@@ -42,7 +42,8 @@ def inputs(tmp_path):
     shard1 = tmp_path / "shard1.json"
     shard0.write_text(json.dumps({"items": {
         "aa11": video_item("aa11", "d/a"),
-        "bb22": {"status": "rejected", "reason": "unreadable_media: cannot open as a video: moov atom not found", "file": "data/broken.mp4",
+        "bb22": {"status": "rejected", "reason": "unreadable_media: cannot open as a video: moov atom not found",
+                 "file": "data/broken.mp4",
                  "sample_ids": ["d/broken"]},
     }, "summary": {}}))
     shard1.write_text(json.dumps({"items": {
@@ -81,7 +82,8 @@ def test_rejects_and_summary(tmp_path, inputs):
         {"file": "ann.jsonl", "record": "line 9", "reason": "missing_media: x.mp4 does not exist"}])
     summary = write_internvl_dataset(table, shards, tmp_path / "out", "d", {}, ingest_rejects=ingest_rejects)
     assert lines(tmp_path / "out" / "rejects.jsonl") == [{
-        "file": "data/broken.mp4", "record": "d/broken", "reason": "unreadable_media: cannot open as a video: moov atom not found",
+        "file": "data/broken.mp4", "record": "d/broken",
+        "reason": "unreadable_media: cannot open as a video: moov atom not found",
         "source": "ann.jsonl:broken", "stage": "frames"}]
     assert summary == {"dataset": "d", "samples": {"train": 2, "val": 0, "test": 1}, "total": 3,
                        "rejects": {"ingest": {"missing_media": 1}, "frames": {"unreadable_media": 1}},

@@ -183,7 +183,8 @@ def _clip_problem(sample: Sample) -> tuple[str, str] | None:
             return "clip_outside_duration", f"clip [{start}, {end}] starts after the video's end ({duration} s)"
         return "bad_clip_window", f"clip start {start} s is not before its end {end} s"
     if duration is not None and (start or 0.0) >= duration:
-        return "clip_outside_duration", f"clip [{start}, {end}] starts at or after the video's end ({duration} s)"
+        return "clip_outside_duration", (
+            f"clip [{start}, {end}] starts at or after the video's end ({duration} s)")
     return None
 
 

@@ -18,7 +18,7 @@ REASONS = {
     # the media file (ingestion or frame extraction)
     "missing_media": "the media file does not exist",
     "empty_media": "the media file has zero bytes",
-    "unreadable_media": "the file cannot be opened as a video or image (corrupt, unknown format, no video stream)",
+    "unreadable_media": "the file cannot be opened as a video or image (corrupt, unknown format, no video)",
     "damaged_media": "the file opens, but is truncated or frames in the window cannot be decoded",
     "zero_length_media": "the video's duration is 0",
     # the clip window

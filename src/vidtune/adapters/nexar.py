@@ -114,8 +114,8 @@ def _structured(name: str, cfg: dict, options: NexarOptions, root: Path) -> Iter
     folder = posixpath.dirname(options.metadata_file)
     rows = list(iter_jsonl(path))
     records = [row for _, row in rows if not isinstance(row, Reject)]
-    fields = _provided(name, options.fields, lambda f: any(_first(r, options.names(f))[0] for r in records), path,
-                       f"if the file names them differently, map them in datasets.{name}.options.aliases")
+    fields = _provided(name, options.fields, lambda f: any(_first(r, options.names(f))[0] for r in records),
+                       path, f"if the file names them differently, map them in datasets.{name}.options.aliases")
     for label, row in rows:
         if isinstance(row, Reject):
             yield row
@@ -157,7 +157,7 @@ def _competition(name: str, cfg: dict, options: NexarOptions, root: Path) -> Ite
                 metadata[Path(row["file_name"]).stem] = row
     fields = _provided(name, options.metadata_fields,
                        lambda f: any((row.get(f) or "").strip() for row in metadata.values()), metadata_path,
-                       f"add the metadata file, or set datasets.{name}.options.metadata_fields to the ones it has")
+                       f"add the metadata file, or set datasets.{name}.options.metadata_fields to those it has")
     for label, row in iter_csv(labels_path):
         if isinstance(row, Reject):
             yield row

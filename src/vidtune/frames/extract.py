@@ -148,7 +148,8 @@ def extract_shard(manifest: dict, cache_root: str | os.PathLike = Path("results/
     records, todo = {}, []
     for key, item in items.items():
         if not os.path.exists(item["path"]):
-            records[key] = {"status": "rejected", "reason": reason("missing_media", f"{item['path']} does not exist")}
+            records[key] = {"status": "rejected",
+                            "reason": reason("missing_media", f"{item['path']} does not exist")}
             continue
         record = load_record(cache_folder(cache_root, key))
         if record is None:
@@ -254,9 +255,8 @@ def _run_pool(todo: list[dict], cache_root, settings: FrameSettings, workers: in
                         record = {"status": "rejected", "transient": True,
                                   "reason": reason("decoder_crashed", f"the decoder process died ({how})")}
                 elif worker.item and time.monotonic() - worker.started > settings.timeout_s:
-                    record = {"status": "rejected", "transient": True,
-                              "reason": reason("decode_timeout",
-                                                    f"timed out after {settings.timeout_s:g} s (hanging decode)")}
+                    timeout = f"timed out after {settings.timeout_s:g} s (hanging decode)"
+                    record = {"status": "rejected", "transient": True, "reason": reason("decode_timeout", timeout)}
                 if record is None:
                     continue
                 key = worker.item["key"]
