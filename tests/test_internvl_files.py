@@ -151,3 +151,12 @@ def test_internvideo_export(tmp_path, inputs):
                           "annotation": str((tmp_path / "iv" / "train.jsonl").resolve()),
                           "data_augment": False, "repeat_time": 3, "video_read_type": "decord",
                           "sampling_strategy": "all", "length": 2}}
+
+
+def test_reason_classes_are_one_closed_set():
+    from vidtune.rejects import UNCLASSIFIED, reason, reason_code
+
+    assert reason_code(reason("decode_timeout", "timed out after 3 s: at 1.5 s")) == "decode_timeout"
+    assert reason_code("the decoder process died (signal 9)") == UNCLASSIFIED  # a reason cached before classes
+    with pytest.raises(ValueError, match="REASONS"):
+        reason("undecodable", "a class no summary knows")
