@@ -459,7 +459,7 @@ def test_hanging_decoder_is_a_reject_with_a_reason_and_the_rerun_finishes(run_co
     rejects = [json.loads(line) for line in
                run_copy.path("results/datasets/demo/internvl/rejects.jsonl").read_text().splitlines()]
     assert [(r["record"], r["reason"]) for r in rejects] == \
-        [("demo/clip_003.mp4", "timed out after 3 s (hanging decode)")]
+        [("demo/clip_003.mp4", "decode_timeout: timed out after 3 s (hanging decode)")]
     assert len(_jsonl_ids(run_copy)) == len(_jsonl_ids(quick_run)) - 1
     # The fix: the real file back, and the shard asked again (a timeout is not cached).
     video.unlink()

@@ -11,6 +11,7 @@ import pytest
 import fixtures_datasets as fx
 from vidtune.errors import DataError
 from vidtune.internvl_files import meta_entry, write_internvideo_export, write_internvl_dataset, write_meta
+from vidtune.rejects import REASONS
 from vidtune.samples import Sample, write_split_table
 
 
@@ -41,7 +42,8 @@ def inputs(tmp_path):
     shard1 = tmp_path / "shard1.json"
     shard0.write_text(json.dumps({"items": {
         "aa11": video_item("aa11", "d/a"),
-        "bb22": {"status": "rejected", "reason": "undecodable: moov atom not found", "file": "data/broken.mp4",
+        "bb22": {"status": "rejected", "reason": "unreadable_media: cannot open as a video: moov atom not found",
+                 "file": "data/broken.mp4",
                  "sample_ids": ["d/broken"]},
     }, "summary": {}}))
     shard1.write_text(json.dumps({"items": {
@@ -80,11 +82,25 @@ def test_rejects_and_summary(tmp_path, inputs):
         {"file": "ann.jsonl", "record": "line 9", "reason": "missing_media: x.mp4 does not exist"}])
     summary = write_internvl_dataset(table, shards, tmp_path / "out", "d", {}, ingest_rejects=ingest_rejects)
     assert lines(tmp_path / "out" / "rejects.jsonl") == [{
-        "file": "data/broken.mp4", "record": "d/broken", "reason": "undecodable: moov atom not found",
+        "file": "data/broken.mp4", "record": "d/broken",
+        "reason": "unreadable_media: cannot open as a video: moov atom not found",
         "source": "ann.jsonl:broken", "stage": "frames"}]
     assert summary == {"dataset": "d", "samples": {"train": 2, "val": 0, "test": 1}, "total": 3,
-                       "rejects": {"ingest": {"missing_media": 1}, "frames": {"undecodable": 1}}, "rejected": 2}
+                       "rejects": {"ingest": {"missing_media": 1}, "frames": {"unreadable_media": 1}},
+                       "rejects_by_reason": {"missing_media": 1, "unreadable_media": 1}, "rejected": 2}
     assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary
+
+
+def test_rejects_of_both_stages_are_counted_by_one_set_of_classes(tmp_path, inputs):
+    """Counts add up by class across stages and records, whatever numbers each record's text holds."""
+    table, shards = inputs
+    ingest_rejects = fx.write_jsonl(tmp_path / "ingest_rejects.jsonl", [
+        {"file": "ann.jsonl", "record": f"line {n}", "reason": f"unreadable_media: cannot read {n}.mp4"}
+        for n in (3, 4)])
+    summary = write_internvl_dataset(table, shards, tmp_path / "out", "d", {}, ingest_rejects=ingest_rejects)
+    assert summary["rejects_by_reason"] == {"unreadable_media": 3}
+    assert summary["rejected"] == sum(summary["rejects_by_reason"].values())
+    assert set(summary["rejects_by_reason"]) <= set(REASONS)
 
 
 def test_output_is_byte_deterministic(tmp_path, inputs):
@@ -135,3 +151,12 @@ def test_internvideo_export(tmp_path, inputs):
                           "annotation": str((tmp_path / "iv" / "train.jsonl").resolve()),
                           "data_augment": False, "repeat_time": 3, "video_read_type": "decord",
                           "sampling_strategy": "all", "length": 2}}
+
+
+def test_reason_classes_are_one_closed_set():
+    from vidtune.rejects import UNCLASSIFIED, reason, reason_code
+
+    assert reason_code(reason("decode_timeout", "timed out after 3 s: at 1.5 s")) == "decode_timeout"
+    assert reason_code("the decoder process died (signal 9)") == UNCLASSIFIED  # a reason cached before classes
+    with pytest.raises(ValueError, match="REASONS"):
+        reason("undecodable", "a class no summary knows")

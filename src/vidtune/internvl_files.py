@@ -26,7 +26,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from vidtune.adapters.base import container_duration, reason_code
+from vidtune.adapters.base import container_duration
+from vidtune.rejects import reason_code
 from vidtune.atomic import write_json, write_jsonl
 from vidtune.errors import DataError
 from vidtune.samples import SPLITS, Sample, read_split_table
@@ -91,9 +92,11 @@ def _summary(dataset: str, per_split: Counter, rejects: list[dict], ingest_rejec
             codes = Counter(reason_code(json.loads(line)["reason"]) for line in handle if line.strip())
         by_stage["ingest"] = dict(sorted(codes.items()))
     by_stage["frames"] = dict(sorted(Counter(reason_code(r["reason"]) for r in rejects).items()))
+    by_reason: Counter = sum((Counter(codes) for codes in by_stage.values()), Counter())
     return {"dataset": dataset, "samples": {name: per_split.get(name, 0) for name in SPLITS},
             "total": sum(per_split.values()), "rejects": by_stage,
-            "rejected": sum(sum(codes.values()) for codes in by_stage.values()), **extra}
+            "rejects_by_reason": dict(sorted(by_reason.items())),
+            "rejected": sum(by_reason.values()), **extra}
 
 
 def write_internvl_dataset(split_table: Path, shard_indexes: list[Path], out_dir: Path, dataset: str,

@@ -32,6 +32,7 @@ from vidtune.errors import MediaError
 from vidtune.frames.decode import read_frames
 from vidtune.frames.manifest import FORMAT_VERSION
 from vidtune.frames.settings import FrameSettings
+from vidtune.rejects import reason
 
 RECORD = "frames.json"
 PROGRESS_EVERY_S = 10.0
@@ -112,11 +113,12 @@ def _publish(temp: Path, folder: Path) -> None:
 
 
 def _reason(error: Exception) -> str:
+    """The reject reason (``<class>: <detail>``, see :mod:`vidtune.rejects`) for a decoding error."""
     if isinstance(error, MediaError):
-        return error.problem + (f". What to do: {error.fix}" if error.fix else "")
+        return reason(error.code, error.problem + (f". What to do: {error.fix}" if error.fix else ""))
     if isinstance(error, Image.UnidentifiedImageError):
-        return "cannot open as an image (unknown or corrupt format)"
-    return f"cannot decode: {error}"
+        return reason("unreadable_media", "cannot open as an image (unknown or corrupt format)")
+    return reason("unreadable_media", f"cannot decode: {error}")
 
 
 # --- the shard --------------------------------------------------------------------------------------------
@@ -150,7 +152,8 @@ def extract_shard(manifest: dict, cache_root: str | os.PathLike = Path("results/
     records, todo = {}, []
     for key, item in items.items():
         if not os.path.exists(item["path"]):
-            records[key] = {"status": "rejected", "reason": "file not found"}
+            records[key] = {"status": "rejected",
+                            "reason": reason("missing_media", f"{item['path']} does not exist")}
             continue
         record = load_record(cache_folder(cache_root, key))
         if record is None:
@@ -188,7 +191,7 @@ def _worker_main(connection, cache_root: str, settings: FrameSettings) -> None:
         except Exception as error:  # rejects the item (not cached), never the shard; a full disk fails it
             storage = isinstance(error, OSError) and error.errno in STORAGE_ERRORS
             connection.send({"status": "storage_error" if storage else "rejected", "transient": True,
-                             "reason": f"extraction failed: {error}"})
+                             "reason": reason("extraction_failed", str(error))})
 
 
 class _Worker:
@@ -254,10 +257,10 @@ def _run_pool(todo: list[dict], cache_root, settings: FrameSettings, workers: in
                         code = worker.process.exitcode
                         how = f"signal {-code}" if code and code < 0 else f"exit code {code}"
                         record = {"status": "rejected", "transient": True,
-                                  "reason": f"the decoder process died ({how})"}
+                                  "reason": reason("decoder_crashed", f"the decoder process died ({how})")}
                 elif worker.item and time.monotonic() - worker.started > settings.timeout_s:
-                    record = {"status": "rejected", "transient": True,
-                              "reason": f"timed out after {settings.timeout_s:g} s (hanging decode)"}
+                    timeout = f"timed out after {settings.timeout_s:g} s (hanging decode)"
+                    record = {"status": "rejected", "transient": True, "reason": reason("decode_timeout", timeout)}
                 if record is None:
                     continue
                 key = worker.item["key"]
