@@ -2,9 +2,10 @@
 
 Each item's output lives in ``<cache_root>/<key[:2]>/<key>/``: ``frames.json`` (timestamps, size, or the
 reject reason) and, for a video, ``frames/`` holding only ``frame_000001.jpg``... in time order (the names
-InternVL's frame-folder loader sorts by; it opens every file of that folder as an image). A folder is built as a hidden ``.<key>.tmp-<host>-<pid>-<random>`` sibling and renamed into place
-when complete, so a folder under its key is always complete; a killed extraction leaves only a temporary
-folder, which no reader trusts and the next attempt at that key removes.
+InternVL's frame-folder loader sorts by; it opens every file of that folder as an image). A folder is
+built as a hidden ``.<key>.tmp-<host>-<pid>-<random>`` sibling and renamed into place when complete, so a
+folder under its key is always complete; a killed extraction leaves only a temporary folder, which no
+reader trusts and the next attempt at that key removes.
 
 Work runs in ``workers`` processes (one single-threaded decoder each). The parent kills a worker whose item
 runs past ``timeout_s`` (with the ffmpeg processes it started) and rejects that item: a hanging decode is a
