@@ -1,10 +1,11 @@
 """Extract one shard's frames into the cache, in parallel, with a timeout per item.
 
-Each item's output lives in ``<cache_root>/<key[:2]>/<key>/``: ``frame_000001.jpg``... in time order (the
-names InternVL's frame-folder loader sorts by) and ``frames.json`` (timestamps, size, or the reject
-reason). A folder is built as a hidden ``.<key>.tmp-<host>-<pid>-<random>`` sibling and renamed into place
-when complete, so a folder under its key is always complete; a killed extraction leaves only a temporary
-folder, which no reader trusts and the next attempt at that key removes.
+Each item's output lives in ``<cache_root>/<key[:2]>/<key>/``: ``frames.json`` (timestamps, size, or the
+reject reason) and, for a video, ``frames/`` holding only ``frame_000001.jpg``... in time order (the names
+InternVL's frame-folder loader sorts by; it opens every file of that folder as an image). A folder is
+built as a hidden ``.<key>.tmp-<host>-<pid>-<random>`` sibling and renamed into place when complete, so a
+folder under its key is always complete; a killed extraction leaves only a temporary folder, which no
+reader trusts and the next attempt at that key removes.
 
 Work runs in ``workers`` processes (one single-threaded decoder each). The parent kills a worker whose item
 runs past ``timeout_s`` (with the ffmpeg processes it started) and rejects that item: a hanging decode is a
@@ -35,6 +36,7 @@ from vidtune.frames.settings import FrameSettings
 from vidtune.rejects import reason
 
 RECORD = "frames.json"
+FRAMES = "frames"  # the subfolder that holds a video's frames and nothing else
 PROGRESS_EVERY_S = 10.0
 # Errors of the disk the cache is on, never of a video: they fail the shard instead of rejecting its items,
 # since a reject would be written into the shard index and outlive the fault.
@@ -43,6 +45,10 @@ STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 def cache_folder(cache_root: str | os.PathLike, key: str) -> Path:
     return Path(cache_root) / key[:2] / key
+
+
+def frames_folder(cache_root: str | os.PathLike, key: str) -> Path:
+    return cache_folder(cache_root, key) / FRAMES
 
 
 def frame_name(number: int) -> str:
@@ -59,7 +65,7 @@ def load_record(folder: Path) -> dict | None:
         return None
     if record.get("format") != FORMAT_VERSION:
         return None
-    if not all((folder / name).is_file() for name in record.get("frames", [])):
+    if not all((folder / FRAMES / name).is_file() for name in record.get("frames", [])):
         return None
     return record
 
@@ -96,8 +102,9 @@ def _extract_into(item: dict, temp: Path, settings: FrameSettings) -> dict:
     except MediaError as error:
         return {**record, "status": "rejected", "reason": _reason(error)}
     names = [frame_name(n) for n in range(1, len(images) + 1)]
+    (temp / FRAMES).mkdir()
     for name, image in zip(names, images):
-        image.save(temp / name, quality=settings.jpeg_quality)
+        image.save(temp / FRAMES / name, quality=settings.jpeg_quality)
     return {**record, "status": "ok", "frames": names, "timestamps": times, "width": images[0].width,
             "height": images[0].height}
 
@@ -131,8 +138,7 @@ def item_result(item: dict, record: dict, cache_root: str | os.PathLike) -> dict
     result.update(media_type=record["media_type"], width=record["width"], height=record["height"])
     if record["media_type"] == "image":
         return {**result, "image": item["path"]}
-    folder = cache_folder(cache_root, item["key"])
-    return {**result, "frames_dir": f"{folder}/", "frames": record["frames"],
+    return {**result, "frames_dir": f"{frames_folder(cache_root, item['key'])}/", "frames": record["frames"],
             "timestamps": record["timestamps"]}
 
 

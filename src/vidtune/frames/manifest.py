@@ -25,7 +25,7 @@ from typing import Iterable
 from vidtune.frames.settings import FrameSettings
 from vidtune.samples import Sample
 
-FORMAT_VERSION = 1  # bump when the extraction changes its output for the same inputs
+FORMAT_VERSION = 2  # bump when the extraction changes its output for the same inputs
 SIGNATURE_BYTES = 64 * 1024
 
 
