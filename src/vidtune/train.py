@@ -617,7 +617,7 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, training: dict, trust
             shutil.move(str(path), final / path.name)
         _sort_adapter_targets(final / "adapter_config.json")
         processor.save_pretrained(final)
-        write_json(final / "vidtune.json", {"method": settings["method"], "base_model": str(model_dir.resolve()),
+        write_json(final / "vidtune.json", {"method": settings["method"], "base_model": str(model_dir),
                                            **data_settings})
     shutil.rmtree(staging, ignore_errors=True)
     summary = {
