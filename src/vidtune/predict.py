@@ -101,50 +101,6 @@ def predict_records(model_dir: Path, records: list[dict], root: Path, evaluation
     return [{"id": record.get("id"), "prediction": answer} for record, answer in zip(records, answers)]
 
 
-# --- Prediction shards -------------------------------------------------------------------------------------
-
-# The evaluation settings that change a prediction; the others (gpus, gallery_size) only say how or what to
-# show. batch_size belongs here: padding a batch can move a low-precision logit.
-PREDICTION_SETTINGS = ("split", "max_new_tokens", "batch_size", "do_sample", "temperature", "top_p",
-                       "num_beams", "shards")
-
-
-def prediction_settings(evaluation: dict) -> dict:
-    """The canonical settings a prediction depends on (schema defaults filled in, sorted keys)."""
-    merged = {**EVALUATION_DEFAULTS, **evaluation}
-    return {key: merged[key] for key in sorted(PREDICTION_SETTINGS)}
-
-
-def evaluation_key(datasets: Sequence[str], evaluation: dict) -> str:
-    """A name for (datasets, prediction settings): runs with the same base model and the same key share
-    their base predictions. Readable split, then a digest of the rest."""
-    import hashlib
-
-    settings = prediction_settings(evaluation)
-    canonical = json.dumps({"datasets": sorted(datasets), **settings}, sort_keys=True)
-    return f"{settings['split']}-{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
-
-
-def shard_records(records: list[dict], batch_size: int, shards: int, shard: int) -> list[dict]:
-    """The records of one prediction shard: sorted by id, cut into whole batches, consecutive batches per
-    shard. Every batch is the same whatever the shard count, so the joined predictions are too."""
-    if not 0 <= shard < shards:
-        raise ValueError(f"shard {shard} is not in 0..{shards - 1}")
-    ordered = sorted(records, key=lambda record: str(record.get("id")))
-    batches = -(-len(ordered) // batch_size)
-    first, last = shard * batches // shards, (shard + 1) * batches // shards
-    return ordered[first * batch_size:last * batch_size]
-
-
-def join_predictions(shards: Sequence[list[dict]]) -> list[dict]:
-    """The shards' predictions as one list sorted by id; an id predicted twice is an error."""
-    joined = sorted((entry for shard in shards for entry in shard), key=lambda entry: str(entry["id"]))
-    for previous, entry in zip(joined, joined[1:]):
-        if previous["id"] == entry["id"]:
-            raise ValueError(f"sample {entry['id']} is in two prediction shards")
-    return joined
-
-
 def video_frames(path: Path, frames_config: dict) -> list:
     """Frames of a video file, sampled as in training; a folder of extracted frames is read as is."""
     if path.is_dir():
