@@ -9,7 +9,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The embedded default, unless the user names their own config (`--configfile my.yaml`): then only theirs is
+# read, so the demo's dataset and run are not merged into it. `--config key=value` still edits the default.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"

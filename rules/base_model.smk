@@ -3,14 +3,17 @@
 
 
 rule build_model:
+    wildcard_constraints:
+        # Only the models the config builds: a checkpoint folder that happens to live under results/models
+        # is used as it is.
+        model="|".join(
+            re.escape(name) for name, model in config["models"].items() if "tiny" in model or "architecture" in model
+        )
+        or "(?!)",
     output:
         model=directory(f"{RESULTS}/models/{{model}}"),
     params:
-        spec=lambda wildcards: {
-            key: value
-            for key, value in config["models"][wildcards.model].items()
-            if key in ("tiny", "architecture")
-        },
+        model=model_settings("build_model"),
     log:
         f"{RESULTS}/logs/build_model/{{model}}.log",
     message:

@@ -13,7 +13,7 @@ rule predict_base:
         predictions=f"{RESULTS}/predictions/base/{{model}}/{{evaluation}}/{{shard}}.jsonl",
     params:
         evaluation=lambda wildcards: base_evaluation(wildcards)["settings"],
-        trust_remote_code=lambda wildcards: config["models"][wildcards.model]["trust_remote_code"],
+        model=model_settings("predict_base"),
     log:
         f"{RESULTS}/logs/predict/base/{{model}}/{{evaluation}}/{{shard}}.log",
     message:
@@ -36,17 +36,15 @@ rule predict_finetuned:
     output:
         predictions=f"{RESULTS}/runs/{{run}}/predictions/finetuned/{{shard}}.jsonl",
     params:
-        evaluation=lambda wildcards: prediction_settings(run_config(wildcards)["evaluation"]),
-        trust_remote_code=lambda wildcards: config["models"][run_config(wildcards)["model"]][
-            "trust_remote_code"
-        ],
+        evaluation=run_settings("predict_finetuned", "evaluation"),
+        model=model_settings("predict_finetuned"),
     log:
         f"{RESULTS}/logs/predict/finetuned/{{run}}/{{shard}}.log",
     message:
         "Predicting shard {wildcards.shard} of run {wildcards.run} with the finetuned model"
-    threads: lambda wildcards: 1 if run_config(wildcards)["evaluation"]["gpus"] == 0 else 4
+    threads: lambda wildcards: 1 if config["runs"][wildcards.run]["evaluation"]["gpus"] == 0 else 4
     resources:
-        gpu=lambda wildcards: min(1, run_config(wildcards)["evaluation"]["gpus"]),
+        gpu=lambda wildcards: min(1, config["runs"][wildcards.run]["evaluation"]["gpus"]),
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
         runtime=lambda wildcards, attempt: 120 * attempt,
     conda:

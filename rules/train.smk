@@ -20,10 +20,8 @@ rule train:
             labels={"run": "{run}", "figure": "loss curve"},
         ),
     params:
-        training=lambda wildcards: run_config(wildcards)["training"],
-        trust_remote_code=lambda wildcards: config["models"][run_config(wildcards)["model"]][
-            "trust_remote_code"
-        ],
+        training=run_settings("train", "training"),
+        model=model_settings("train"),
         out_dir=f"{RESULTS}/runs/{{run}}/train",
     log:
         f"{RESULTS}/logs/train/{{run}}.log",
@@ -33,7 +31,10 @@ rule train:
     resources:
         gpu=run_gpus("training"),
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
-        runtime=lambda wildcards: run_config(wildcards)["training"]["runtime_min"],
+        runtime=lambda wildcards: config["runs"][wildcards.run]["training"]["runtime_min"],
+        # How often checkpoints are written and how many are kept: job settings, not the result.
+        save_steps=lambda wildcards: config["runs"][wildcards.run]["training"]["save_steps"],
+        save_total_limit=lambda wildcards: config["runs"][wildcards.run]["training"]["save_total_limit"],
     conda:
         "../envs/vidtune.yaml"
     script:

@@ -11,18 +11,15 @@ import json
 from typing import Sequence
 
 from vidtune.config import schema_defaults
+from vidtune.reach import ANY, settings_for
 
 EVALUATION_DEFAULTS = schema_defaults("evaluation")
-# The evaluation settings that change a prediction; the others (gpus, gallery_size) only say how or what to
-# show. batch_size belongs here: padding a batch can move a low-precision logit.
-PREDICTION_SETTINGS = ("split", "max_new_tokens", "batch_size", "do_sample", "temperature", "top_p",
-                       "num_beams", "shards")
 
 
 def prediction_settings(evaluation: dict) -> dict:
-    """The canonical settings a prediction depends on (schema defaults filled in, sorted keys)."""
-    merged = {**EVALUATION_DEFAULTS, **evaluation}
-    return {key: merged[key] for key in sorted(PREDICTION_SETTINGS)}
+    """The evaluation settings base predictions depend on: those that reach predict_base (the schema's
+    x-reaches), with the schema's defaults, canonical."""
+    return settings_for("predict_base", {**EVALUATION_DEFAULTS, **evaluation}, "runs", ANY, "evaluation")
 
 
 def evaluation_key(datasets: Sequence[str], evaluation: dict) -> str:

@@ -8,5 +8,5 @@ from pathlib import Path  # noqa: E402
 
 from vidtune.tiny_model import build_model  # noqa: E402
 
-build_model(Path(snakemake.output.model), snakemake.params.spec)
+build_model(Path(snakemake.output.model), snakemake.params.model)
 log.info("built %s", snakemake.output.model)

@@ -22,7 +22,8 @@ predictions = []
 if mine:  # a shard past the last batch loads no model
     from vidtune.predict import predict_records
 
-    predictions = predict_records(Path(snakemake.input.model), mine, Path("."), settings,
-                                  trust_remote_code=snakemake.params.trust_remote_code)
+    # Record paths are relative to the results folder.
+    predictions = predict_records(Path(snakemake.input.model), mine, Path(snakemake.config["results"]), settings,
+                                  trust_remote_code=snakemake.params.model["trust_remote_code"])
 write_jsonl(snakemake.output.predictions, predictions)
 log.info("%d predictions", len(predictions))
