@@ -36,12 +36,14 @@ def test_join_sorts_and_refuses_a_sample_twice():
 
 
 def test_evaluation_key_changes_only_with_what_changes_predictions():
-    key = evaluation_key(["b", "a"], {"max_new_tokens": 16})
-    assert key.startswith("test-") and key == evaluation_key(["a", "b"], {"max_new_tokens": 16, "gpus": 2,
+    key = evaluation_key(["b", "a"], {"max_new_tokens": 16, "gpus": 1})
+    assert key.startswith("test-") and key == evaluation_key(["a", "b"], {"max_new_tokens": 16, "gpus": 4,
                                                                          "gallery_size": 0})
-    assert key != evaluation_key(["a", "b"], {"max_new_tokens": 8})
-    assert key != evaluation_key(["a"], {"max_new_tokens": 16})
-    assert prediction_settings({})["shards"] == 1 and "gpus" not in prediction_settings({"gpus": 1})
+    assert key != evaluation_key(["a", "b"], {"max_new_tokens": 8, "gpus": 1})
+    assert key != evaluation_key(["a"], {"max_new_tokens": 16, "gpus": 1})
+    assert key != evaluation_key(["a", "b"], {"max_new_tokens": 16, "gpus": 0})  # CPU answers differ
+    settings = prediction_settings({"gpus": 2})
+    assert settings["shards"] == 1 and settings["gpus"] is True and "gallery_size" not in settings
 
 
 def test_shard_counts_give_identical_files_and_runs_share_base_predictions(quick_run, tmp_path):

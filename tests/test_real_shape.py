@@ -71,7 +71,7 @@ def test_workflow_runs_end_to_end_at_the_real_shape(real_run):
 
 def _train_records(workflow):
     path = workflow.path("results/datasets/demo/internvl/train.jsonl")
-    return read_jsonl(path), workflow.workdir
+    return read_jsonl(path), workflow.path("results")  # record paths are relative to the results folder
 
 
 def test_visual_tokens_per_sample_and_max_seq_length_at_448(real_run):
