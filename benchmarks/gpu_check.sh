@@ -60,7 +60,7 @@ check_log train "training on $DEVICE" "$LOGS"/train/demo.log
 check_log merge "merging on $DEVICE" "$LOGS"/merge/demo.log
 check_log "base predictions" "predicting on $DEVICE" "$LOGS"/predict/base/*/*/*.log
 check_log "finetuned predictions" "predicting on $DEVICE" "$LOGS"/predict/finetuned/demo/*.log
-grep -h "samples/s" "$LOGS"/predict/*/*/*.log "$LOGS"/predict/base/*/*/*.log 2>/dev/null | tail -4 || true
+find "$LOGS/predict" -name "*.log" -exec grep -h "samples/s" {} + | tail -4
 
 # --- 2. The stock InternVLProcessor (torchvision) ----------------------------------------------------------
 step "stock InternVLProcessor"
