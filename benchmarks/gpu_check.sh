@@ -42,17 +42,18 @@ gpus = int(sys.argv[3])
 config["demo"] = {"num_videos": 8, "seconds": 1, "size": 64}
 config["runs"]["demo"]["training"].update({"epochs": 1, "max_steps": 20, "save_steps": 10, "batch_size": 2,
                                            "gpus": gpus})
-config["runs"]["demo"]["evaluation"].update({"max_new_tokens": 8, "gpus": gpus, "shards": 2})
+config["runs"]["demo"]["evaluation"].update({"max_new_tokens": 8, "batch_size": 1, "gpus": gpus, "shards": 2})
 yaml.safe_dump(config, open(sys.argv[2], "w"), sort_keys=False)
 EOF
 step "demo: snakemake train_all"
-"$SNAKEMAKE" -s "$REPO/Snakefile" --directory "$WORK" --cores 4 --resources gpu=1 train_all \
+"$SNAKEMAKE" -s "$REPO/Snakefile" --directory "$WORK" --resources gpu=1 --cores 4 train_all \
     > "$OUT/demo_snakemake.log" 2>&1 || { tail -40 "$OUT/demo_snakemake.log"; exit 1; }
 LOGS="$WORK/results/logs"
-check_log() {  # check_log WHAT PATTERN FILES...
+check_log() {  # check_log WHAT PATTERN FILES...: every job's log says it ran there (an empty shard loads no model)
     local what=$1 pattern=$2; shift 2
     for file in "$@"; do
-        grep -q "$pattern" "$file" || { echo "FAIL: $what: no '$pattern' in $file"; exit 1; }
+        grep -q "$pattern" "$file" || grep -q "shard [0-9]* of [0-9]*: 0 of" "$file" \
+            || { echo "FAIL: $what: no '$pattern' in $file"; exit 1; }
     done
     echo "ok: $what ran on $DEVICE ($# log(s))"
 }
