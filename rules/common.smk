@@ -76,8 +76,12 @@ def model_settings(rule):
     return settings
 
 
+def shard_names(count):
+    return [f"{shard:03d}" for shard in range(count)]
+
+
 def shard_ids(dataset):
-    return [f"{shard:03d}" for shard in range(config["datasets"][dataset]["shards"])]
+    return shard_names(config["datasets"][dataset]["shards"])
 
 
 def model_folder(name):
@@ -169,10 +173,6 @@ def base_evaluation(wildcards):
 def base_evaluation_files(wildcards):
     evaluation = base_evaluation(wildcards)
     return split_files(evaluation["datasets"], evaluation["settings"]["split"])
-
-
-def shard_names(count):
-    return [f"{shard:03d}" for shard in range(count)]
 
 
 def prediction_shard_files(wildcards):
