@@ -14,7 +14,9 @@ that reaches ``train``, ``predict_base`` or ``predict_finetuned`` also reaches `
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 from vidtune.config import _schema
@@ -141,13 +143,26 @@ def weight_settings(training: dict) -> dict:
 
 def reach_table() -> str:
     """The README's "what reruns when" table, in Markdown, generated from the schema."""
-    rows = ["| setting | reaches (the steps that rerun; everything after them reruns only if their output "
-            "changed) | why |", "| --- | --- | --- |"]
+    rows = ["| setting | steps it makes stale | why |", "| --- | --- | --- |"]
     for leaf in leaves():
         reaches = ", ".join(f"`{rule}`" for rule in leaf.reaches) or "nothing (job limit)"
         rows.append(f"| `{leaf.name}` | {reaches} | {leaf.why or ''} |")
     return "\n".join(rows) + "\n"
 
 
-if __name__ == "__main__":  # python -m vidtune.reach: print the table for the README
-    print(reach_table(), end="")
+TABLE_START, TABLE_END = "<!-- reach-table:start -->\n", "<!-- reach-table:end -->"
+
+
+def update_readme(path: str) -> None:
+    """Rewrite the generated table between the README's markers."""
+    text = Path(path).read_text(encoding="utf-8")
+    head, rest = text.split(TABLE_START, 1)
+    Path(path).write_text(head + TABLE_START + reach_table() + TABLE_END + rest.split(TABLE_END, 1)[1],
+                          encoding="utf-8")
+
+
+if __name__ == "__main__":  # python -m vidtune.reach [README.md]: print the table, or update the README's
+    if len(sys.argv) > 1:
+        update_readme(sys.argv[1])
+    else:
+        print(reach_table(), end="")
