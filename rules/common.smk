@@ -185,15 +185,17 @@ def prediction_shard_files(wildcards):
     return [f"{RESULTS}/{wildcards.predictions}/{shard}.jsonl" for shard in shard_names(count)]
 
 
+def run_predictions(name, which):
+    """The joined predictions of a run's base model (shared by the runs with the same base model, datasets
+    and prediction settings) or of its finetuned model."""
+    run = config["runs"][name]
+    if which == "base":
+        predictions = f"predictions/base/{run['model']}/{evaluation_key(run['datasets'], run['evaluation'])}"
+    else:
+        predictions = f"runs/{name}/predictions/finetuned"
+    return f"{RESULTS}/{predictions}.jsonl"
+
+
 def predictions_of(which):
-    """Input function: the joined predictions of the base or the finetuned model of a run."""
-
-    def predictions(wildcards):
-        run = config["runs"][wildcards.run]
-        if which == "base":
-            name = f"predictions/base/{run['model']}/{evaluation_key(run['datasets'], run['evaluation'])}"
-        else:
-            name = f"runs/{wildcards.run}/predictions/finetuned"
-        return rules.join_predictions.output.predictions.format(predictions=name)
-
-    return predictions
+    """Input function: the joined predictions of the base or the finetuned model of the job's run."""
+    return lambda wildcards: run_predictions(wildcards.run, which)
