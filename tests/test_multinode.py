@@ -1,0 +1,175 @@
+"""Training across two SLURM nodes (tests/slurm_cluster.py, `slurm_nodes`): `training.nodes: 2` through
+`--profile profiles/slurm`, as a user would run it.
+
+The data and base model are prepared locally (they are the same with or without SLURM; tests/test_slurm.py
+covers those steps on the cluster); only `train` goes through sbatch. Each node has one fake GPU's worth of
+training process (`gpus: 1`: CPU, gloo), so the world size is 2, and the reference is the same training on
+one node with `gpus: 2`. DeepSpeed ZeRO-2 in both.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import SNAKEMAKE, REPO, Workflow, quick_config
+from slurm_cluster import PROFILE, SlurmCluster, slurm_nodes  # noqa: F401 - the fixture
+from test_slurm import FAST_STATUS, jobs_of
+from vidtune.train import COMPLETE_MARKER
+
+pytestmark = [pytest.mark.slurm, pytest.mark.integration]
+
+SUMMARY = "results/runs/demo/train/train_summary.json"
+CHECKPOINTS = "results/runs/demo/train/checkpoints"
+TWO_NODES = {"nodes": 2, "gpus": 1, "deepspeed": "zero2", "batch_size": 2, "gradient_accumulation_steps": 1}
+
+
+def prepared(folder: Path, **training) -> Workflow:
+    """The reduced demo up to the train step's inputs, run locally, with the given training settings."""
+    config = quick_config()
+    config["runs"]["demo"]["training"].update(training)
+    workflow = Workflow(folder, config)
+    workflow.snakemake("--omit-from", "train", SUMMARY)
+    return workflow
+
+
+def submit_command(workflow: Workflow, *args: str) -> list[str]:
+    return [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workflow.workdir), "--profile",
+            str(PROFILE), *FAST_STATUS, *args, SUMMARY]
+
+
+def submit(workflow: Workflow, cluster: SlurmCluster, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(submit_command(workflow, *args), cwd=workflow.workdir, env=cluster.env,
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, f"{result.stderr[-6000:]}\n{cluster.logs()}"
+    return result
+
+
+def train_steps(cluster: SlurmCluster, workdir: Path) -> tuple[dict, list[dict]]:
+    """The train job's allocation and its job steps, as slurmdbd recorded them."""
+    [job] = [job for job in jobs_of(cluster, workdir) if job["rule"] == "train"]
+    output = cluster.command("sacct", "-j", job["JobID"], "--parsable2",
+                             "--format=JobID,JobName,NodeList,NNodes,NTasks,State,ExitCode")
+    steps = list(csv.DictReader(output.splitlines(), delimiter="|"))
+    return job, steps
+
+
+@pytest.fixture(scope="module")
+def two_nodes(slurm_nodes, tmp_path_factory):  # noqa: F811 - the fixture imported above
+    workflow = prepared(tmp_path_factory.mktemp("two-nodes") / "work", **TWO_NODES)
+    started = time.monotonic()
+    submit(workflow, slurm_nodes)
+    return workflow, time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def one_node(tmp_path_factory):
+    """The same training on one node with the same world size: two processes under torchrun, locally."""
+    workflow = prepared(tmp_path_factory.mktemp("one-node") / "work", **{**TWO_NODES, "nodes": 1, "gpus": 2})
+    workflow.snakemake(SUMMARY)
+    return workflow
+
+
+def test_both_nodes_trained(two_nodes, slurm_nodes):  # noqa: F811
+    workflow, seconds = two_nodes
+    job, steps = train_steps(slurm_nodes, workflow.workdir)
+    assert job["State"] == "COMPLETED", job
+    # One job step of two tasks, one per node: the two torchruns.
+    [launch] = [step for step in steps if re.fullmatch(r"\d+\.\d+", step["JobID"])]
+    assert launch["NNodes"] == "2" and launch["NTasks"] == "2" and launch["State"] == "COMPLETED", steps
+    nodes = {node.name for node in slurm_nodes.nodes}
+    assert launch["NodeList"] == "vt-node[1-2]" and nodes == {"vt-node1", "vt-node2"}
+    # The per-node request: gres of one GPU on each of the two nodes.
+    assert "gres/gpu=2" in job["ReqTRES"].split(","), job
+    log = workflow.path("results/logs/train/demo.log").read_text()
+    assert "launching 2 training processes (1 per node on 2 nodes)" in log
+    assert "--nnodes=2" in log and "--rdzv_endpoint=vt-node1:" in log
+    # srun --label: the Trainer's loss lines from task 0 (vt-node1) and from task 1 (vt-node2).
+    for task in (0, 1):
+        assert re.search(rf"\| {task}: {{'loss': ", log), log[-3000:]
+    print(f"two-node train job: {seconds:.0f} s")
+
+
+def test_global_batch_is_nodes_x_gpus_x_batch(two_nodes):
+    workflow, _ = two_nodes
+    summary = json.loads(workflow.path(SUMMARY).read_text())
+    training = workflow.config["runs"]["demo"]["training"]
+    world = training["nodes"] * training["gpus"]
+    global_batch = training["batch_size"] * training["gradient_accumulation_steps"] * world
+    assert summary["steps"] == training["max_steps"] and summary["deepspeed"] == "zero2"
+    assert summary["samples_per_s"] * summary["train_seconds"] == pytest.approx(
+        summary["steps"] * global_batch, rel=0.01)
+
+
+def test_two_nodes_equal_one_node_of_the_same_world_size(two_nodes, one_node):
+    workflow, _ = two_nodes
+    losses = [json.loads(run.path("results/runs/demo/train/loss.json").read_text()) for run in (workflow, one_node)]
+    assert [entry["step"] for entry in losses[0]] == [entry["step"] for entry in losses[1]]
+    assert [entry["loss"] for entry in losses[0]] == pytest.approx([entry["loss"] for entry in losses[1]], rel=1e-4)
+    adapters = [load_file(run.path("results/runs/demo/train/final/adapter_model.safetensors"))
+                for run in (workflow, one_node)]
+    assert adapters[0].keys() == adapters[1].keys()
+    for name, tensor in adapters[0].items():
+        torch.testing.assert_close(tensor, adapters[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def training_processes(cluster: SlurmCluster, node_index: int) -> list[int]:
+    """PIDs of the training processes (torchrun and its workers) running on one node."""
+    node = cluster.nodes[node_index]
+    pids = subprocess.run(["ip", "netns", "pids", node.netns], capture_output=True, text=True).stdout.split()
+    found = []
+    for pid in pids:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "torch.distributed.run" in command or "vidtune.train" in command:
+            found.append(int(pid))
+    return found
+
+
+def complete_checkpoints(workflow: Workflow) -> list[int]:
+    return sorted(int(folder.name.split("-")[1]) for folder in workflow.path(CHECKPOINTS).glob("checkpoint-*")
+                  if (folder / COMPLETE_MARKER).is_file())
+
+
+def test_losing_a_node_resumes_from_the_last_complete_checkpoint(slurm_nodes, tmp_path):  # noqa: F811
+    """vt-node2's part of the training step is killed (as when the node dies) after the first checkpoint:
+    the step and the job fail; the next `snakemake` run resumes from the last complete checkpoint."""
+    workflow = prepared(tmp_path / "work", **{**TWO_NODES, "max_steps": 12, "save_steps": 2})
+    head = subprocess.Popen(submit_command(workflow, "--retries", "0"), cwd=workflow.workdir, env=slurm_nodes.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not complete_checkpoints(workflow):
+            assert head.poll() is None and time.monotonic() < deadline, "no checkpoint before the kill"
+            time.sleep(0.2)
+        killed = training_processes(slurm_nodes, 1)
+        assert killed, "no training process on vt-node2"
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        output = head.communicate(timeout=600)[0]
+    finally:
+        if head.poll() is None:
+            head.kill()
+    assert head.returncode != 0, output[-3000:]
+    complete = complete_checkpoints(workflow)
+    assert complete and complete[-1] < 12 and not workflow.path(SUMMARY).exists()
+    job, _ = train_steps(slurm_nodes, workflow.workdir)
+    assert job["State"] == "FAILED", job
+
+    submit(workflow, slurm_nodes)
+    summary = json.loads(workflow.path(SUMMARY).read_text())
+    assert summary["resumed_from"]["checkpoint"] == f"checkpoint-{complete[-1]}", summary["resumed_from"]
+    assert summary["resumed_from"]["optimizer_step"] == complete[-1]
+    assert summary["steps"] == 12 and summary["steps_this_run"] == 12 - complete[-1]
