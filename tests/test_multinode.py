@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
 SUMMARY = "results/runs/demo/train/train_summary.json"
 CHECKPOINTS = "results/runs/demo/train/checkpoints"
+TRAIN_LOG = "results/logs/train/demo.log"
 TWO_NODES = {"nodes": 2, "gpus": 1, "deepspeed": "zero2", "batch_size": 2, "gradient_accumulation_steps": 1}
 
 
@@ -39,7 +40,7 @@ def prepared(folder: Path, **training) -> Workflow:
     config = quick_config()
     config["runs"]["demo"]["training"].update(training)
     workflow = Workflow(folder, config)
-    workflow.snakemake("--omit-from", "train", SUMMARY)
+    workflow.snakemake("results/runs/demo/meta.json", f"results/models/{config['runs']['demo']['model']}")
     return workflow
 
 
@@ -91,7 +92,7 @@ def test_both_nodes_trained(two_nodes, slurm_nodes):  # noqa: F811
     assert launch["NodeList"] == "vt-node[1-2]" and nodes == {"vt-node1", "vt-node2"}
     # The per-node request: gres of one GPU on each of the two nodes.
     assert "gres/gpu=2" in job["ReqTRES"].split(","), job
-    log = workflow.path("results/logs/train/demo.log").read_text()
+    log = workflow.path(TRAIN_LOG).read_text()
     assert "launching 2 training processes (1 per node on 2 nodes)" in log
     assert "--nnodes=2" in log and "--rdzv_endpoint=vt-node1:" in log
     # srun --label: the Trainer's loss lines from task 0 (vt-node1) and from task 1 (vt-node2).
@@ -143,33 +144,69 @@ def complete_checkpoints(workflow: Workflow) -> list[int]:
                   if (folder / COMPLETE_MARKER).is_file())
 
 
-def test_losing_a_node_resumes_from_the_last_complete_checkpoint(slurm_nodes, tmp_path):  # noqa: F811
-    """vt-node2's part of the training step is killed (as when the node dies) after the first checkpoint:
-    the step and the job fail; the next `snakemake` run resumes from the last complete checkpoint."""
-    workflow = prepared(tmp_path / "work", **{**TWO_NODES, "max_steps": 12, "save_steps": 2})
-    head = subprocess.Popen(submit_command(workflow, "--retries", "0"), cwd=workflow.workdir, env=slurm_nodes.env,
+def run_until(workflow: Workflow, cluster: SlurmCluster, ready, action) -> str:
+    """Submit the train step (no retry) and, once ``ready()``, do ``action()``; the run must then fail.
+    Returns the train log."""
+    head = subprocess.Popen(submit_command(workflow, "--retries", "0"), cwd=workflow.workdir, env=cluster.env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 600
-        while not complete_checkpoints(workflow):
-            assert head.poll() is None and time.monotonic() < deadline, "no checkpoint before the kill"
+        while not ready():
+            assert head.poll() is None and time.monotonic() < deadline, head.communicate()[0][-3000:]
             time.sleep(0.2)
-        killed = training_processes(slurm_nodes, 1)
-        assert killed, "no training process on vt-node2"
-        for pid in killed:
-            os.kill(pid, signal.SIGKILL)
+        action()
         output = head.communicate(timeout=600)[0]
     finally:
         if head.poll() is None:
             head.kill()
+            head.wait()
     assert head.returncode != 0, output[-3000:]
+    assert not workflow.path(SUMMARY).exists()
+    return workflow.path(TRAIN_LOG).read_text()
+
+
+def test_stop_signal_and_lost_node_resume_from_the_last_complete_checkpoint(slurm_nodes, tmp_path):  # noqa: F811
+    """SLURM's warning signal (USR1 to the job's steps, as `--signal=USR1@300` sends it) stops both nodes after
+    the same step with a checkpoint; the next run resumes from it. Then vt-node2's part of the step is killed
+    (as when the node dies): the next run resumes from the last complete checkpoint and finishes."""
+    steps = 40
+    workflow = prepared(tmp_path / "work", **{**TWO_NODES, "max_steps": steps, "save_steps": 4})
+    log = workflow.path(TRAIN_LOG)
+
+    def training_on_both_nodes() -> bool:
+        text = log.read_text() if log.exists() else ""
+        return "| 0: {'loss'" in text and "| 1: {'loss'" in text
+
+    def signal_steps() -> None:
+        [job] = [job for job in jobs_of(slurm_nodes, workflow.workdir) if job["State"] == "RUNNING"]
+        slurm_nodes.command("scancel", "--signal=USR1", job["JobID"])
+
+    text = run_until(workflow, slurm_nodes, training_on_both_nodes, signal_steps)
+    assert "| 0: " in text and "| 1: " in text
+    stops = re.findall(r"\| (\d): .*stopped by SIGUSR1 after a checkpoint at step (\d+)", text)
+    assert sorted(task for task, _ in stops) == ["0", "1"] and stops[0][1] == stops[1][1], stops
+    stopped_at = int(stops[0][1])
+    assert 0 < stopped_at < steps and complete_checkpoints(workflow)[-1] == stopped_at
+
+    def checkpoint_after_resume() -> bool:
+        text = log.read_text() if log.exists() else ""
+        return f"resuming from {CHECKPOINTS}/checkpoint-{stopped_at}" in text and \
+            complete_checkpoints(workflow)[-1] > stopped_at
+
+    def kill_node2() -> None:
+        killed = training_processes(slurm_nodes, 1)
+        assert killed, "no training process on vt-node2"
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+
+    run_until(workflow, slurm_nodes, checkpoint_after_resume, kill_node2)
     complete = complete_checkpoints(workflow)
-    assert complete and complete[-1] < 12 and not workflow.path(SUMMARY).exists()
-    job, _ = train_steps(slurm_nodes, workflow.workdir)
-    assert job["State"] == "FAILED", job
+    assert stopped_at < complete[-1] < steps
+    jobs = jobs_of(slurm_nodes, workflow.workdir)
+    assert [(job["rule"], job["State"]) for job in jobs] == [("train", "FAILED")] * 2, jobs
 
     submit(workflow, slurm_nodes)
     summary = json.loads(workflow.path(SUMMARY).read_text())
     assert summary["resumed_from"]["checkpoint"] == f"checkpoint-{complete[-1]}", summary["resumed_from"]
     assert summary["resumed_from"]["optimizer_step"] == complete[-1]
-    assert summary["steps"] == 12 and summary["steps_this_run"] == 12 - complete[-1]
+    assert summary["steps"] == steps and summary["steps_this_run"] == steps - complete[-1]

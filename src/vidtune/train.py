@@ -357,17 +357,18 @@ def launch_command(target: str | Path, args: list[str], gpus: int, nodes: int = 
     entry = [str(target)] if Path(target).suffix == ".py" else ["-m", str(target)]
     if gpus <= 1 and nodes <= 1:
         return [sys.executable, *entry, *args]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={max(1, gpus)}",
-                f"--signals-to-handle={','.join(TORCHRUN_SIGNALS)}", f"--shutdown-timeout={SHUTDOWN_SECONDS}"]
     if nodes <= 1:
-        return [*torchrun, "--standalone", *entry, *args]
-    if rendezvous is None:
+        placement, srun = ["--standalone"], []
+    elif rendezvous is None:
         raise ValueError("several nodes need a rendezvous endpoint (host:port on the first node)")
-    job = os.environ.get("SLURM_JOB_ID", "vidtune")
-    srun = ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1",
-            f"--cpus-per-task={cpus_per_node}", "--kill-on-bad-exit=1", "--label"]
-    return [*srun, *torchrun, f"--nnodes={nodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={rendezvous}",
-            f"--rdzv_id={job}", *entry, *args]
+    else:
+        placement = [f"--nnodes={nodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={rendezvous}",
+                     f"--rdzv_id={os.environ.get('SLURM_JOB_ID', 'vidtune')}"]
+        srun = ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1",
+                f"--cpus-per-task={cpus_per_node}", "--kill-on-bad-exit=1", "--label"]
+    return [*srun, sys.executable, "-m", "torch.distributed.run", *placement, f"--nproc_per_node={max(1, gpus)}",
+            f"--signals-to-handle={','.join(TORCHRUN_SIGNALS)}", f"--shutdown-timeout={SHUTDOWN_SECONDS}",
+            *entry, *args]
 
 
 def rendezvous_endpoint() -> str:
