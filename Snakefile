@@ -9,7 +9,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The embedded default, unless the user names their own config (`--configfile my.yaml`): then only theirs is
+# read, so the demo's dataset and run are not merged into it. `--config key=value` still edits the default.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"
@@ -30,17 +34,35 @@ include: "rules/report.smk"
 include: "rules/export.smk"
 
 
+# The targets name the main output of every step, not only the last ones: Snakemake makes a missing
+# intermediate file again only when a target or a stale step needs it, so a step that failed (training at
+# a SLURM time limit, say) would otherwise be skipped on the next run, leaving the outputs after it as the
+# old settings made them.
+DATA_OUTPUTS = [
+    expand(rules.ingest.output.samples, dataset=USED_DATASETS),
+    expand(rules.split.output.table, dataset=USED_DATASETS),
+    [expand(rules.extract_frames.output.index, dataset=d, shard=shard_ids(d)) for d in USED_DATASETS],
+    expand(rules.internvl_files.output.summary, dataset=USED_DATASETS),
+    expand(rules.run_meta.output.meta, run=RUNS),
+]
+MODEL_OUTPUTS = [
+    expand(rules.train.output.summary, run=RUNS),
+    expand(rules.merge.output.model, run=RUNS),
+    expand(rules.predict.output.predictions, run=RUNS, which=["base", "finetuned"]),
+]
+
+
 rule prepare_all:
     default_target: True
     input:
-        expand(rules.run_meta.output.meta, run=RUNS),
-        expand(rules.internvl_files.output.summary, dataset=USED_DATASETS),
+        DATA_OUTPUTS,
 
 
 rule train_all:
     input:
+        DATA_OUTPUTS,
+        MODEL_OUTPUTS,
         expand(rules.score.output.metrics, run=RUNS),
-        expand(rules.merge.output.model, run=RUNS),
         rules.runs_table.output.table,
         expand(rules.report_run.output, run=RUNS),
         rules.report_overview.output,
@@ -53,5 +75,7 @@ rule export:
 
 rule evaluate_all:
     input:
+        DATA_OUTPUTS,
+        MODEL_OUTPUTS,
         expand(rules.score.output.metrics, run=RUNS),
         rules.runs_table.output.table,

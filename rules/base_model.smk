@@ -3,10 +3,14 @@
 
 
 rule build_tiny_model:
+    wildcard_constraints:
+        # Only the models the config builds: a checkpoint folder that happens to live under results/models
+        # is used as it is.
+        model="|".join(re.escape(name) for name, model in config["models"].items() if "tiny" in model) or "(?!)",
     output:
         model=directory(f"{RESULTS}/models/{{model}}"),
     params:
-        tiny=lambda wildcards: config["models"][wildcards.model]["tiny"],
+        model=model_settings("build_tiny_model"),
     log:
         f"{RESULTS}/logs/build_tiny_model/{{model}}.log",
     message:

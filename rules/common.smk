@@ -1,6 +1,8 @@
 # Configuration, validation and the small helpers every rule file uses.
 
 import json
+import math
+import re
 import sys
 from pathlib import Path
 
@@ -11,6 +13,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the vidtune package, 
 
 from vidtune.config import check_config, GENERATED_FORMATS
 from vidtune.errors import ConfigError
+from vidtune.reach import ANY, settings_for
 
 validate(config, schema="../workflow/schemas/config.schema.yaml", set_default=True)
 try:
@@ -33,16 +36,47 @@ wildcard_constraints:
     split="train|val|test",
 
 
-def dataset_config(wildcards):
-    return config["datasets"][wildcards.dataset]
+# A rule's params are exactly the settings that reach it (the `x-reaches` map of the config schema, read by
+# vidtune.reach), in a canonical form: a change to any other key, to key order or to formatting makes the
+# job no staler. Job limits go to resources, which never make a job stale.
+
+
+def dataset_settings(rule):
+    """params: the job's dataset settings that reach `rule`."""
+    return lambda wildcards: settings_for(rule, config["datasets"][wildcards.dataset], "datasets", ANY)
+
+
+def run_datasets_settings(rule):
+    """params: for each dataset of the job's run, its settings that reach `rule`."""
+    return lambda wildcards: {
+        name: settings_for(rule, config["datasets"][name], "datasets", ANY) for name in run_datasets(wildcards)
+    }
+
+
+def run_settings(rule, *part):
+    """params: the job's run settings (runs.<run>.<part>) that reach `rule`."""
+
+    def settings(wildcards):
+        entry = config["runs"][wildcards.run]
+        for key in part:
+            entry = entry[key]
+        return settings_for(rule, entry, "runs", ANY, *part)
+
+    return settings
+
+
+def model_settings(rule):
+    """params: the settings of the job's model (its `model` wildcard, or its run's model) that reach `rule`."""
+
+    def settings(wildcards):
+        name = wildcards.model if "model" in wildcards.keys() else config["runs"][wildcards.run]["model"]
+        return settings_for(rule, config["models"][name], "models", ANY)
+
+    return settings
 
 
 def shard_ids(dataset):
     return [f"{shard:03d}" for shard in range(config["datasets"][dataset]["shards"])]
-
-
-def run_config(wildcards):
-    return config["runs"][wildcards.run]
 
 
 def model_folder(name):

@@ -5,7 +5,7 @@ rule make_demo_dataset:
     output:
         annotations=f"{RESULTS}/demo/data/annotations.jsonl",
     params:
-        demo=config["demo"],
+        demo=settings_for("make_demo_dataset", config["demo"], "demo"),
     log:
         f"{RESULTS}/logs/make_demo_dataset.log",
     message:

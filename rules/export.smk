@@ -15,7 +15,7 @@ rule internvideo_export:
         test=f"{RESULTS}/datasets/{{dataset}}/internvideo/test.jsonl",
         summary=f"{RESULTS}/datasets/{{dataset}}/internvideo/summary.json",
     params:
-        dataset=dataset_config,
+        dataset=dataset_settings("internvideo_export"),
     log:
         f"{RESULTS}/logs/internvideo_export/{{dataset}}.log",
     message:

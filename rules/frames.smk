@@ -12,7 +12,7 @@ checkpoint frame_manifest:
     output:
         manifest=f"{RESULTS}/datasets/{{dataset}}/frames/manifests/shard_{{shard}}.json",
     params:
-        dataset=dataset_config,
+        dataset=dataset_settings("frame_manifest"),
     log:
         f"{RESULTS}/logs/frame_manifest/{{dataset}}/{{shard}}.log",
     message:
@@ -42,6 +42,9 @@ rule extract_frames:
     resources:
         mem_mb=lambda wildcards, threads, attempt: 1500 * threads * attempt,
         runtime=lambda wildcards, attempt: 120 * attempt,
+        # A video whose decoding takes longer is rejected (whole seconds): a limit, so raising it reruns
+        # nothing; `snakemake -R extract_frames` retries the videos that timed out, and only those.
+        decode_timeout_s=lambda wildcards: math.ceil(config["datasets"][wildcards.dataset]["frames"]["timeout_s"]),
     conda:
         "../envs/vidtune.yaml"
     script:

@@ -9,7 +9,7 @@ rule ingest:
         rejects=f"{RESULTS}/datasets/{{dataset}}/ingest_rejects.jsonl",
         summary=f"{RESULTS}/datasets/{{dataset}}/ingest_summary.json",
     params:
-        dataset=dataset_config,
+        dataset=dataset_settings("ingest"),
     log:
         f"{RESULTS}/logs/ingest/{{dataset}}.log",
     message:

@@ -19,7 +19,7 @@ checkpoint internvl_files:
         rejects=f"{RESULTS}/datasets/{{dataset}}/internvl/rejects.jsonl",
         summary=f"{RESULTS}/datasets/{{dataset}}/internvl/summary.json",
     params:
-        dataset=dataset_config,
+        dataset=dataset_settings("internvl_files"),
     log:
         f"{RESULTS}/logs/internvl_files/{{dataset}}.log",
     message:
@@ -40,7 +40,7 @@ rule run_meta:
     output:
         meta=f"{RESULTS}/runs/{{run}}/meta.json",
     params:
-        datasets=lambda wildcards: {d: config["datasets"][d] for d in run_datasets(wildcards)},
+        datasets=run_datasets_settings("run_meta"),
     log:
         f"{RESULTS}/logs/run_meta/{{run}}.log",
     message:

@@ -9,9 +9,7 @@ rule merge:
     output:
         model=directory(f"{RESULTS}/runs/{{run}}/merged"),  # holds merge_check.json, the logit check
     params:
-        trust_remote_code=lambda wildcards: config["models"][run_config(wildcards)["model"]][
-            "trust_remote_code"
-        ],
+        model=model_settings("merge"),
     log:
         f"{RESULTS}/logs/merge/{{run}}.log",
     message:

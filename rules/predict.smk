@@ -9,10 +9,8 @@ rule predict:
     output:
         predictions=f"{RESULTS}/runs/{{run}}/predictions/{{which}}.jsonl",
     params:
-        evaluation=lambda wildcards: run_config(wildcards)["evaluation"],
-        trust_remote_code=lambda wildcards: config["models"][run_config(wildcards)["model"]][
-            "trust_remote_code"
-        ],
+        evaluation=run_settings("predict", "evaluation"),
+        model=model_settings("predict"),
     log:
         f"{RESULTS}/logs/predict/{{run}}/{{which}}.log",
     message:

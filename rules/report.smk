@@ -38,9 +38,8 @@ rule report_run:
             labels={"run": "{run}", "figure": "gallery"},
         ),
     params:
-        run=run_config,
-        datasets=lambda wildcards: {d: config["datasets"][d] for d in run_datasets(wildcards)},
-        model=lambda wildcards: config["models"][run_config(wildcards)["model"]],
+        run=run_settings("report_run"),
+        model=model_settings("report_run"),
     log:
         f"{RESULTS}/logs/report_run/{{run}}.log",
     message:

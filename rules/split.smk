@@ -7,7 +7,7 @@ rule split:
     output:
         table=f"{RESULTS}/datasets/{{dataset}}/split.parquet",
     params:
-        split=lambda wildcards: config["datasets"][wildcards.dataset]["split"],
+        dataset=dataset_settings("split"),
     log:
         f"{RESULTS}/logs/split/{{dataset}}.log",
     message:

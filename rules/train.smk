@@ -23,10 +23,8 @@ rule train:
             labels={"run": "{run}", "figure": "loss curve"},
         ),
     params:
-        training=lambda wildcards: run_config(wildcards)["training"],
-        trust_remote_code=lambda wildcards: config["models"][run_config(wildcards)["model"]][
-            "trust_remote_code"
-        ],
+        training=run_settings("train", "training"),
+        model=model_settings("train"),
         out_dir=f"{RESULTS}/runs/{{run}}/train",
     log:
         f"{RESULTS}/logs/train/{{run}}.log",
@@ -35,14 +33,19 @@ rule train:
     threads: run_threads("training")
     resources:
         # Whole-job GPUs on one node; several nodes ask per node instead (gres below).
-        gpu=lambda wildcards: 0 if run_config(wildcards)["training"]["nodes"] > 1 else run_gpus("training")(wildcards),
+        gpu=lambda wildcards: (
+            0 if config["runs"][wildcards.run]["training"]["nodes"] > 1 else run_gpus("training")(wildcards)
+        ),
         nodes=train_multi_node(lambda training: training["nodes"]),
         gres=train_multi_node(lambda training: f"gpu:{training['gpus']}" if training["gpus"] else None),
         tasks=train_multi_node(lambda training: training["nodes"]),
         tasks_per_gpu=train_multi_node(lambda training: 0),
         mpi=train_multi_node(lambda training: "srun"),
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
-        runtime=lambda wildcards: run_config(wildcards)["training"]["runtime_min"],
+        runtime=lambda wildcards: config["runs"][wildcards.run]["training"]["runtime_min"],
+        # How often checkpoints are written and how many are kept: job settings, not the result.
+        save_steps=lambda wildcards: config["runs"][wildcards.run]["training"]["save_steps"],
+        save_total_limit=lambda wildcards: config["runs"][wildcards.run]["training"]["save_total_limit"],
     conda:
         "../envs/vidtune.yaml"
     script:

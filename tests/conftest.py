@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -89,6 +90,16 @@ def parse_job_stats(output: str) -> dict[str, int]:
                 jobs[parts[0]] = int(parts[1])
             break
     return jobs
+
+
+def executed_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule -> number of jobs a finished snakemake invocation really ran, from its own log."""
+    counts: dict[str, int] = {}
+    for match in re.finditer(r"^Finished jobid: \d+ \(Rule: (\w+)\)", result.stderr + result.stdout,
+                             re.MULTILINE):
+        counts[match.group(1)] = counts.get(match.group(1), 0) + 1
+    counts.pop("train_all", None)
+    return counts
 
 
 # The tiny model the training-level tests share: smaller than the demo's (32 px, one vision layer).

@@ -9,7 +9,6 @@ job's process, whatever Snakemake named its script.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -101,17 +100,6 @@ def output_digests(workdir: Path) -> dict[str, str]:
         if path.is_file() and not any(part in "/" + relative for part in NOT_COMPARED):
             digests[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
     return digests
-
-
-def relative_meta(path: Path, workdir: Path) -> dict:
-    """meta.json with its absolute working-directory paths made relative (they differ by design)."""
-    meta = json.loads(path.read_text())
-    prefix = str(workdir.resolve()) + os.sep
-    for entry in meta.values():
-        for key in ("root", "annotation"):
-            assert entry[key].startswith(prefix[:-1]), entry[key]
-            entry[key] = entry[key][len(prefix):] if entry[key] != prefix else ""
-    return meta
 
 
 def leftover_temporaries(workdir: Path) -> list[str]:

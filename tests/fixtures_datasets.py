@@ -141,14 +141,14 @@ EGO4D_UIDS = ["0a1b2c3d-0000-4000-8000-000000000001", "0a1b2c3d-0000-4000-8000-0
 
 
 def make_ego4d_dataset(root: Path, target: str = "summaries") -> dict:
-    """An Ego4D download: v2 and v1 video folders, ego4d.json, annotations/narration.json with tags,
+    """An Ego4D CLI download: v2 and v1 video folders, v2/ego4d.json, v2/annotations/narration.json with tags,
     ``#Summary.`` and ``#unsure`` in the text, one video missing ``narration_pass_1``; plus a plain
     per-video ``summaries.json``. ``target`` picks summaries, narrations or summary_file."""
     root = Path(root)
     make_video(root / "v2" / "full_scale" / f"{EGO4D_UIDS[0]}.mp4", seconds=2.0, variant=5)
     make_video(root / "v2" / "full_scale" / f"{EGO4D_UIDS[1]}.mp4", seconds=2.0, variant=6)
     make_video(root / "v1" / "full_scale" / f"{EGO4D_UIDS[2]}.mp4", seconds=2.0, variant=7)  # only in v1
-    write_json(root / "ego4d.json", {"version": "v2", "videos": [
+    write_json(root / "v2" / "ego4d.json", {"version": "v2", "videos": [
         {"video_uid": uid, "duration_sec": 2.0, "video_metadata": {"fps": 5.0, "num_frames": 10}}
         for uid in EGO4D_UIDS]})
 
@@ -178,7 +178,7 @@ def make_ego4d_dataset(root: Path, target: str = "summaries") -> dict:
                 "summaries": [{"start_sec": 0.5, "end_sec": 2.0, "summary_text": "#summary C reads a book."}]},
         },
     }
-    write_json(root / "annotations" / "narration.json", narration)
+    write_json(root / "v2" / "annotations" / "narration.json", narration)
     write_json(root / "summaries.json", {uid: f"#C C does task {i} in the Office" for i, uid in enumerate(EGO4D_UIDS)})
     return {"format": "ego4d", "root": str(root), "prompt": "Summarise what the camera wearer does.",
             "options": {"target": target, "narration_window_s": 1.0},

@@ -78,13 +78,65 @@ def test_ego4d_plain_summary_file(tmp_path):
 
 def test_ego4d_video_without_any_pass_is_rejected(tmp_path):
     cfg = fx.make_ego4d_dataset(tmp_path)
-    path = tmp_path / "annotations" / "narration.json"
+    path = tmp_path / "v2" / "annotations" / "narration.json"
     narration = json.loads(path.read_text())
     narration["extra-video"] = {"status": "redacted"}
     path.write_text(json.dumps(narration))
     _, rejects = read("ego", cfg)
     assert [r.record for r in rejects] == ["video_uid extra-video"]
     assert rejects[0].reason.startswith("missing_field")
+
+
+def test_ego4d_hand_made_layout_at_the_root_is_found_too(tmp_path):
+    cfg = fx.make_ego4d_dataset(tmp_path)
+    for name in ("ego4d.json", "annotations"):
+        (tmp_path / "v2" / name).rename(tmp_path / name)
+    samples, rejects = read("ego", cfg)
+    assert len(samples) == 3 and not rejects
+    assert all(s.duration == 2.0 for s in samples.values())
+
+
+def test_ego4d_without_metadata_warns_and_ingest_reads_durations(tmp_path, caplog):
+    cfg = fx.make_ego4d_dataset(tmp_path)
+    (tmp_path / "v2" / "ego4d.json").unlink()
+    with caplog.at_level("WARNING", logger="vidtune.adapters.ego4d"):
+        samples, _ = read("ego", cfg)
+    assert all(s.duration is None for s in samples.values())
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "duration of 3 of 3 videos is unknown" in warning and "datasets.ego.options.metadata" in warning
+    assert str(tmp_path / "v2" / "ego4d.json") in warning
+    # Ingest still checks and cuts the windows: the length comes from each video's header.
+    ingested = {s.sample_id: s for s in ingest_dataset("ego", cfg).samples}
+    assert all(s.duration == 2.0 for s in ingested.values())
+
+
+def test_ego4d_metadata_option_must_exist(tmp_path):
+    cfg = fx.make_ego4d_dataset(tmp_path)
+    cfg["options"] = {"metadata": "elsewhere/ego4d.json"}
+    with pytest.raises(ConfigError, match=r"datasets\.ego\.options\.metadata"):
+        read("ego", cfg)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "v2" / "ego4d.json").rename(tmp_path / "elsewhere" / "ego4d.json")
+    samples, _ = read("ego", cfg)
+    assert all(s.duration == 2.0 for s in samples.values())
+
+
+def test_ego4d_missing_narration_file_names_the_annotations_setting(tmp_path):
+    cfg = fx.make_ego4d_dataset(tmp_path)
+    (tmp_path / "v2" / "annotations" / "narration.json").unlink()
+    with pytest.raises(ConfigError, match=r"v2/annotations/narration\.json.*datasets\.ego\.annotations"):
+        read("ego", cfg)
+
+
+def test_ego4d_summary_past_the_video_is_cut_to_it(tmp_path):
+    cfg = fx.make_ego4d_dataset(tmp_path)
+    path = tmp_path / "v2" / "annotations" / "narration.json"
+    narration = json.loads(path.read_text())
+    narration[fx.EGO4D_UIDS[2]]["narration_pass_1"]["summaries"][0].update(start_sec=1.0, end_sec=5.0)
+    path.write_text(json.dumps(narration))
+    samples = {s.sample_id: s for s in ingest_dataset("ego", cfg).samples}
+    cut = samples[f"ego/{fx.EGO4D_UIDS[2]}/summary_0000"]
+    assert (cut.clip_start, cut.clip_end) == (1.0, 2.0)
 
 
 # --- QEVD ------------------------------------------------------------------------------------------
@@ -156,18 +208,25 @@ def test_nexar_metadata_target_is_canonical_json_with_aliases(tmp_path):
     assert json.loads(samples["n/videos/00002.mp4"].target)["rule_violations"] == ["speeding"]
 
 
-def test_nexar_field_set_and_user_aliases(tmp_path):
+def test_nexar_field_set_and_user_aliases(tmp_path, caplog):
     cfg = fx.make_nexar_dataset(tmp_path)
     path = tmp_path / "dataset" / "metadata.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     for row in rows:
         row["density"] = row.pop("traffic_density")
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    _, rejects = read("n", cfg)
-    assert len(rejects) == 4 and all("traffic_density" in r.reason for r in rejects)
+    with caplog.at_level("WARNING", logger="vidtune.adapters.nexar"):
+        samples, rejects = read("n", cfg)  # no record has the field: it is left out, not null everywhere
+    assert not rejects and all("traffic_density" not in json.loads(s.target) for s in samples.values())
+    assert "traffic_density" in caplog.text and "datasets.n.options.aliases" in caplog.text
     cfg["options"] = {"aliases": {"traffic_density": ["density"]}}
     samples, rejects = read("n", cfg)
     assert not rejects
+    assert json.loads(samples["n/videos/00001.mp4"].target)["traffic_density"] == "low"
+    rows[0].pop("density")  # one record lacking a field the others have is rejected
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, rejects = read("n", cfg)
+    assert [r.record for r in rejects] == ["line 1"] and "traffic_density" in rejects[0].reason
     cfg["options"] = {"fields": ["event_type", "visibility"]}
     samples, _ = read("n", cfg)
     assert samples["n/videos/00001.mp4"].target == '{"event_type": "normal", "visibility": "good"}'
@@ -188,6 +247,28 @@ def test_nexar_competition_unpadded_ids_and_windows(tmp_path):
     # event at 0.7: windows after it are left out
     assert sorted(k for k in samples if k.startswith("n/01234/")) == ["n/01234/w000", "n/01234/w001"]
     assert samples["n/01234/w000"].duration == pytest.approx(2.0, abs=0.05)
+
+
+def test_nexar_competition_without_metadata_csv_has_no_null_fields(tmp_path, caplog):
+    cfg = fx.make_nexar_dataset(tmp_path, layout="competition")
+    (tmp_path / "train" / "metadata.csv").unlink()
+    with caplog.at_level("WARNING", logger="vidtune.adapters.nexar"):
+        samples, rejects = read("n", cfg)
+    assert not rejects and samples
+    labels = ("normal", "risk_ahead", "collision_or_near_miss")
+    assert {s.target for s in samples.values()} <= {json.dumps({"label": label}) for label in labels}
+    assert "light_conditions, weather, scene" in caplog.text
+
+
+def test_nexar_competition_keeps_a_metadata_field_some_video_has(tmp_path):
+    cfg = fx.make_nexar_dataset(tmp_path, layout="competition")
+    path = tmp_path / "train" / "metadata.csv"
+    path.write_text("file_name,light_conditions,weather,scene\n00822.mp4,Normal,,\n00007.mp4,,,\n")
+    samples, _ = read("n", cfg)
+    assert json.loads(samples["n/00822/w000"].target) == {"label": "normal", "light_conditions": "Normal"}
+    assert json.loads(samples["n/00007/w000"].target) == {"label": "normal", "light_conditions": None}
+    assert json.loads(samples["n/01234/w001"].target) == {"label": "collision_or_near_miss",
+                                                         "light_conditions": None}
 
 
 def test_nexar_competition_window_width_option(tmp_path):
@@ -293,7 +374,7 @@ def test_option_of_wrong_type_names_the_key(tmp_path):
 
 def test_invalid_json_annotation_names_file_and_line(tmp_path):
     cfg = fx.make_ego4d_dataset(tmp_path)
-    path = tmp_path / "annotations" / "narration.json"
+    path = tmp_path / "v2" / "annotations" / "narration.json"
     path.write_text('{\n  "a": {\n    "narration_pass_1": [1, 2,\n')
     with pytest.raises(DataError, match=r"narration\.json \(record line \d+\): not valid JSON"):
         ingest_dataset("e", cfg)

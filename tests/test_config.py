@@ -30,6 +30,9 @@ def test_default_config_parses(tmp_path):
     (lambda c: c["runs"]["demo"]["training"].update(learning_rate="fast"), "'fast' is not of type 'number'"),
     (lambda c: c["runs"]["demo"]["training"].update(method="dora"), "'dora' is not one of"),
     (lambda c: c.update(extra=1), "'extra' was unexpected"),
+    # InternVL and xtuner assert that a repeat_time above 1 is an integer
+    (lambda c: c["datasets"]["demo"].update(repeat_time=1.5), "1.5 is not valid under any of the given schemas"),
+    (lambda c: c["datasets"]["demo"].update(internvl_video_form="frames"), "'frames' is not one of"),
 ])
 def test_schema_errors_name_the_key(tmp_path, mutate, expected):
     assert expected in dry_run_error(tmp_path, mutate)

@@ -49,8 +49,12 @@ def test_format_reaches_metrics(formats_run, name):
     assert summary["samples"]["train"] > 0 and summary["samples"]["test"] == metrics["num_test_samples"]
     records = formats_run.path(f"results/datasets/{name}/internvl/train.jsonl").read_text().splitlines()
     first = json.loads(records[0])
-    media = "image" if name == "coco" else "video"
-    assert media in first and first["conversations"][0]["value"].startswith(f"<{media}>\n")
+    human = first["conversations"][0]["value"]
+    if name == "coco":
+        assert isinstance(first["image"], str) and human.startswith("<image>\n")
+    else:  # the default video form: the frame list, one Frame-<i> line each
+        assert isinstance(first["image"], list) and human.startswith("Frame-1: <image>\n")
+        assert human.count("<image>") == len(first["image"])
 
 
 def test_structured_targets_get_structured_scores(formats_run):

@@ -25,6 +25,7 @@ from vidtune.errors import MediaError
 from vidtune.frames import FrameSettings, build_manifests, extract_shard, sample_frames
 from vidtune.frames.decode import read_frames
 from vidtune.frames.extract import cache_folder, load_record
+from vidtune.rejects import REASONS, reason_code
 from vidtune.samples import Sample
 
 BITS, BAR, HEIGHT, RATE = 9, 16, 64, 30
@@ -147,20 +148,21 @@ def test_rotation_metadata_turns_frames_upright_like_ffmpeg(videos, backend, tmp
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name,clip,settings,reason", [
-    ("audio", None, {}, "no video stream"),
-    ("truncated", None, {}, "cannot open"),
-    ("cut", None, {}, "truncated: [0-9]+ of the 90 frames it declares"),
-    ("zero", None, {}, "ends before its first frame"),
-    ("corrupt", None, {}, "cannot open"),
-    ("text", None, {}, "cannot open"),
-    ("cfr", (10.0, 12.0), {}, "after the end of the video"),
-    ("cfr", (1.0, 1.1), {"min_frames": 4}, "fewer than min_frames"),
+@pytest.mark.parametrize("name,clip,settings,code,reason", [
+    ("audio", None, {}, "unreadable_media", "no video stream"),
+    ("truncated", None, {}, "unreadable_media", "cannot open"),
+    ("cut", None, {}, "damaged_media", "truncated: [0-9]+ of the 90 frames it declares"),
+    ("zero", None, {}, "unreadable_media", "ends before its first frame"),
+    ("corrupt", None, {}, "unreadable_media", "cannot open"),
+    ("text", None, {}, "unreadable_media", "cannot open"),
+    ("cfr", (10.0, 12.0), {}, "clip_outside_duration", "after the end of the video"),
+    ("cfr", (1.0, 1.1), {"min_frames": 4}, "too_few_frames", "fewer than min_frames"),
 ])
-def test_broken_files_are_rejected_with_a_reason(videos, backend, name, clip, settings, reason):
+def test_broken_files_are_rejected_with_a_reason(videos, backend, name, clip, settings, code, reason):
     with pytest.raises(MediaError, match=reason) as raised:
         sample_frames(videos[name], FrameSettings(backend=backend, **settings), clip)
     assert raised.value.file == str(videos[name])
+    assert raised.value.code == code  # the reject's class; the message stays the record's own detail
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -199,12 +201,16 @@ def test_extract_shard_index_cache_reuse_and_rejects(videos, tmp_path):
     assert (whole["width"], whole["height"]) == (72, 32)
     folder = Path(whole["frames_dir"])
     assert [read_index(Image.open(folder / n)) for n in whole["frames"]] == [11, 33, 56, 78]
-    assert json.loads((folder / "frames.json").read_text())["timestamps"] == whole["timestamps"]
-    assert by_ids[("d/5",)]["reason"].startswith("no video stream")
+    assert sorted(p.name for p in folder.iterdir()) == whole["frames"]  # frames only: InternVL opens each
+    assert json.loads((folder.parent / "frames.json").read_text())["timestamps"] == whole["timestamps"]
+    assert by_ids[("d/5",)]["reason"].startswith("unreadable_media: no video stream")
     assert by_ids[("d/6",)] == {"status": "ok", "media_type": "image", "image": str(image), "width": 40,
                                 "height": 30, "sample_ids": ["d/6"]}
     assert by_ids[("d/7",)]["status"] == "rejected"
-    assert by_ids[("d/8",)] == {"status": "rejected", "reason": "file not found",
+    rejected = [r["reason"] for r in items.values() if r["status"] == "rejected"]
+    assert len(rejected) == 3 and all(reason_code(r) in REASONS for r in rejected), rejected
+    assert by_ids[("d/8",)] == {"status": "rejected",
+                                "reason": f"missing_media: {tmp_path / 'gone.mp4'} does not exist",
                                 "file": str(tmp_path / "gone.mp4"), "sample_ids": ["d/8"]}
 
     stamps = {p: p.stat().st_mtime_ns for p in cache.rglob("*.jpg")}
@@ -221,7 +227,7 @@ def test_hanging_decode_times_out(tmp_path):
         {"key": "ab" * 32, "media_type": "video", "path": str(fifo), "clip": None, "duration": None,
          "sample_ids": ["d/1"]}]}
     index = extract_shard(manifest, tmp_path / "cache", workers=1)
-    assert index["items"]["ab" * 32]["reason"].startswith("timed out after 1 s")
+    assert index["items"]["ab" * 32]["reason"].startswith("decode_timeout: timed out after 1 s")
 
 
 def test_killed_extraction_leaves_nothing_trusted(videos, tmp_path):
@@ -249,7 +255,7 @@ def test_killed_extraction_leaves_nothing_trusted(videos, tmp_path):
     folder = cache_folder(cache, key)
     assert not folder.exists() and load_record(folder) is None
     [temp] = folder.parent.glob(f".{key}.tmp-*")
-    assert len(list(temp.glob("*.jpg"))) == 1
+    assert len(list(temp.glob("frames/*.jpg"))) == 1
 
     index = extract_shard(manifest, cache, workers=1)
     assert index["summary"]["extracted"] == 1

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import pytest
+
+from conftest import executed_jobs
 
 from vidtune.demo import _render
 from vidtune.samples import read_split_table
@@ -20,16 +21,6 @@ pytestmark = pytest.mark.integration
 
 # The steps after scoring that tabulate and report a run's metrics.
 REPORTING = {"runs_table": 1, "report_run": 1, "report_overview": 1}
-
-
-def executed_jobs(result) -> dict[str, int]:
-    """Rule -> number of jobs a finished snakemake invocation really ran, from its own log."""
-    counts: dict[str, int] = {}
-    for match in re.finditer(r"^Finished jobid: \d+ \(Rule: (\w+)\)", result.stderr + result.stdout,
-                             re.MULTILINE):
-        counts[match.group(1)] = counts.get(match.group(1), 0) + 1
-    counts.pop("train_all", None)
-    return counts
 
 
 def frame_folders(workflow) -> dict[str, int]:

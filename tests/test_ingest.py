@@ -43,7 +43,9 @@ def only_reject(result):
     ({"video": "good_02.mp4", "caption": "same id as an earlier record"}, "duplicate_id"),
     ({"video": "good_03.mp4", "id": "w1", "start": 0.8, "end": 0.2, "caption": "x"}, "bad_clip_window"),
     ({"video": "good_03.mp4", "id": "w2", "start": -1, "end": 0.5, "caption": "x"}, "bad_clip_window"),
-    ({"video": "good_03.mp4", "id": "w3", "start": 0.5, "end": 3.0, "duration": 1.0, "caption": "x"},
+    ({"video": "good_03.mp4", "id": "w3", "start": 1.0, "end": 3.0, "duration": 1.0, "caption": "x"},
+     "clip_outside_duration"),
+    ({"video": "good_03.mp4", "id": "w5", "start": 2.0, "end": 3.0, "caption": "x"},  # 1 s, from the header
      "clip_outside_duration"),
     ({"video": "good_03.mp4", "id": "w4", "start": 2.0, "end": 3.0, "duration": 1.0, "caption": "x"},
      "clip_outside_duration"),
@@ -113,6 +115,40 @@ def test_odd_file_names_pass_through(tmp_path):
     assert not result.rejects
     assert {s.media_path for s in result.samples} >= set(names)
     assert not (tmp_path / "data" / "pwned").exists()
+
+
+def test_clip_end_past_the_video_is_cut_to_it_everywhere(tmp_path):
+    """A 2.0-6.0 clip of a 4 s video is the 2.0-4.0 clip: in the table, the id, the split and the frames."""
+    from vidtune.frames import FrameSettings, build_manifests
+    from vidtune.internvl_files import internvideo_record
+    from vidtune.samples import read_split_table, write_split_table
+    from vidtune.split import assign_splits
+
+    root = tmp_path / "data"
+    fx.make_video(root / "long.mp4", seconds=4.0)
+    fx.write_jsonl(root / "ann.jsonl", [
+        {"video": "long.mp4", "start": 2.0, "end": 6.0, "caption": "duration read from the header"},
+        {"video": "long.mp4", "start": 1.0, "end": 6.0, "duration": 4.0, "caption": "annotated duration"},
+        {"video": "long.mp4", "id": "named", "start": 3.0, "end": 9.0, "caption": "an id of its own"},
+        {"video": "long.mp4", "start": 2.0, "end": 8.0, "caption": "the same clip as the first, cut"},
+        {"video": "long.mp4", "start": 5.0, "end": 6.0, "caption": "starts after the end"},
+    ])
+    cfg = {"format": "jsonl", "root": str(root), "annotations": str(root / "ann.jsonl"), "max_reject_share": 1.0}
+    result = ingest_dataset("d", cfg)
+    windows = {s.sample_id: (s.clip_start, s.clip_end, s.duration) for s in result.samples}
+    assert windows == {"d/long.mp4@2.0-4.0": (2.0, 4.0, 4.0), "d/long.mp4@1.0-4.0": (1.0, 4.0, 4.0),
+                       "d/named": (3.0, 4.0, 4.0)}
+    assert [r.reason.split(":")[0] for r in result.rejects] == ["duplicate_id", "clip_outside_duration"]
+    assert "d/long.mp4@2.0-4.0" in result.rejects[0].reason
+
+    splits = assign_splits(result.samples, {"train": 1.0, "val": 0.0, "test": 0.0, "seed": 0})
+    write_split_table(tmp_path / "split.parquet", zip(result.samples, splits))
+    assert {s.sample_id: (s.clip_start, s.clip_end, s.duration)
+            for s, _ in read_split_table(tmp_path / "split.parquet")} == windows
+    [manifest] = build_manifests(result.samples, root, FrameSettings(num_frames=2), 1)
+    assert sorted(item["clip"] for item in manifest["items"]) == [[1.0, 4.0], [2.0, 4.0], [3.0, 4.0]]
+    first = next(s for s in result.samples if s.sample_id == "d/long.mp4@2.0-4.0")
+    assert (internvideo_record(first, root)["start"], internvideo_record(first, root)["end"]) == (2.0, 4.0)
 
 
 def test_summary_counts_rejects_by_reason(tmp_path):

@@ -146,7 +146,7 @@ def test_config_and_data_summary(tmp_path):
     summaries = {
         # the shape the InternVL files step writes: rejects by stage, then by reason
         "demo": {"dataset": "demo", "samples": {"train": 8, "val": 1, "test": 3}, "total": 12,
-                 "rejects": {"ingest": {"missing_media": 2}, "frames": {"decode_error": 1}}, "rejected": 3},
+                 "rejects": {"ingest": {"missing_media": 2}, "frames": {"damaged_media": 1}}, "rejected": 3},
         # the shape ingest writes: a sample count and rejects by reason
         "nexar": {"dataset": "nexar", "format": "nexar", "samples": 40, "rejected": 0,
                   "rejects_by_reason": {}},
@@ -156,7 +156,7 @@ def test_config_and_data_summary(tmp_path):
     assert "<th>train</th><th>val</th><th>test</th><th>total</th>" in page
     assert ('<tr><td>demo</td><td class="num">8</td><td class="num">1</td><td class="num">3</td>'
             '<td class="num">12</td><td class="num">3</td></tr>') in page
-    assert "<td>ingest</td><td>missing_media</td>" in page and "<td>frames</td><td>decode_error</td>" in page
+    assert "<td>ingest</td><td>missing_media</td>" in page and "<td>frames</td><td>damaged_media</td>" in page
     assert "<td>nexar</td><td>format</td>" in page
     _no_leftovers(tmp_path)
 

@@ -105,6 +105,16 @@ def test_records_frames_sorted_by_number_and_errors(tmp_path):
     assert record_text(record).prompt == "What?" and record_text(record).placeholders == 1
     with pytest.raises(MediaError, match="record x"):
         load_record_media({**record, "video": "missing/"}, tmp_path)
+    # The frame-list form: the list's order, one <image> per frame on InternVL's Frame-<i> lines.
+    listed = {"id": "x", "image": ["clip/video_10.jpg", "clip/video_1.jpg"],
+              "conversations": [{"from": "human", "value": "Frame-1: <image>\nFrame-2: <image>\nWhat?"},
+                                {"from": "gpt", "value": "it"}]}
+    frames = load_record_media(listed, tmp_path)
+    assert [frame.getpixel((0, 0))[0] for frame in frames] == pytest.approx([10, 1], abs=3)
+    text = record_text(listed)
+    assert (text.media_type, text.prompt, text.placeholders, text.media_count) == ("video", "What?", 2, 2)
+    with pytest.raises(MediaError, match="record x"):
+        load_record_media({**listed, "image": ["clip/video_1.jpg", "clip/gone.jpg"]}, tmp_path)
 
 
 def test_not_a_model_folder_names_it(tmp_path):

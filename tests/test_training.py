@@ -92,6 +92,38 @@ def test_over_long_samples_dropped_or_truncated(tiny, meta):
         load_training_items(meta, processor, {"max_seq_length": 20, "over_length": "drop", "seed": 0}, _log())
 
 
+def test_both_video_forms_give_the_same_items_from_any_working_directory(tiny, meta, tmp_path, monkeypatch):
+    """A frame folder (``video``) and a frame list (``image`` + ``Frame-<i>: <image>`` lines) train alike;
+    meta.json's relative root and annotation are read from meta.json's folder, not the working directory."""
+    from vidtune.internvl_files import frame_lines
+    from vidtune.modeling import load_processor
+
+    folder = meta.parent
+    listed = []
+    for record in map(json.loads, (folder / "train.jsonl").read_text().splitlines()):
+        if "video" in record:
+            frames = sorted((folder / record["video"]).iterdir(), key=lambda p: int(p.stem.split("_")[-1]))
+            human, gpt = record["conversations"]
+            prompt = human["value"].replace("<video>\n", "")
+            record = {"id": record["id"], "image": [f"{record['video']}{frame.name}" for frame in frames],
+                      "conversations": [{"from": "human", "value": f"{frame_lines(len(frames))}\n{prompt}"}, gpt]}
+        listed.append(record)
+    (tmp_path / "listed.jsonl").write_text("".join(json.dumps(record) + "\n" for record in listed))
+    entry = {**json.loads(meta.read_text())["synthetic"], "annotation": "listed.jsonl",
+             "root": os.path.relpath(folder, tmp_path) + "/"}
+    (tmp_path / "meta.json").write_text(json.dumps({"synthetic": entry}))
+    monkeypatch.chdir("/")
+    processor = load_processor(tiny)
+    settings = {"max_seq_length": 4096, "over_length": "drop", "seed": 0}
+
+    def described(meta_path):
+        items, dropped, _, _ = load_training_items(meta_path, processor, settings, _log())
+        assert not dropped
+        return [(i.id, i.media_type, [p.resolve() for p in i.paths], i.prompt, i.target, i.length) for i in items]
+
+    assert described(tmp_path / "meta.json") == described(meta)
+
+
 def _log():
     import logging
 

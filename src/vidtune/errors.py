@@ -40,7 +40,12 @@ class DataError(VidtuneError):
 
 
 class MediaError(VidtuneError):
-    """One video or image cannot be decoded; the sample is rejected with this reason."""
+    """One video or image cannot be decoded; the sample is rejected with this reason. ``code`` is the
+    reason's class (one of :data:`vidtune.rejects.REASONS`)."""
+
+    def __init__(self, problem: str, *, code: str = "unreadable_media", **where):
+        self.code = code
+        super().__init__(problem, **where)
 
 
 class ModelError(VidtuneError):

@@ -8,8 +8,15 @@ Checks here (videos are decoded later, in parallel, by frame extraction):
   leading out (the path stored in the table is the normalised one, relative to the root);
 - the media file exists and is not empty;
 - the target is not empty or whitespace;
-- the sample id is not a duplicate (the first record keeps it);
-- the clip window is sane: start >= 0, start < end, inside ``duration`` when the annotations give it.
+- the clip window is sane: start >= 0, start < end, and it starts before the video's end;
+- the sample id is not a duplicate (the first record keeps it).
+
+A clip window is cut to the video here, at the earliest point its length is known, so the sample table,
+the split, the frame cache keys and every file written later hold the real window: an ``end`` past the
+video's end becomes the video's end (``duration`` from the annotations, or, for a clip whose annotations
+give none, read once per video from its container header, nothing decoded), and an id made of the window
+(:func:`~vidtune.adapters.base.window_id`) names the cut window. A video whose header cannot be read keeps
+its window; frame extraction then rejects it with the reason.
 """
 
 from __future__ import annotations
@@ -21,13 +28,11 @@ from collections import Counter
 from pathlib import Path
 
 from vidtune.adapters import adapter
-from vidtune.adapters.base import reason, reason_code
+from vidtune.adapters.base import container_duration, window_id
 from vidtune.atomic import write_jsonl
-from vidtune.errors import DataError
+from vidtune.errors import DataError, MediaError
+from vidtune.rejects import reason, reason_code
 from vidtune.samples import MEDIA_TYPES, Reject, Sample
-
-# Annotated durations and clip ends are rounded by annotators; this much overshoot is still "inside".
-DURATION_TOLERANCE_S = 0.05
 
 
 @dataclasses.dataclass
@@ -50,8 +55,9 @@ def ingest_dataset(name: str, cfg: dict, *, rejects_path: str | os.PathLike | No
     rejects: list[Reject] = []
     seen: set[str] = set()
     real_root = root.resolve()
+    durations: dict[Path, float | None] = {}
     for item in adapter(cfg["format"])(name, cfg):
-        checked = item if isinstance(item, Reject) else check_sample(item, root, real_root, seen)
+        checked = item if isinstance(item, Reject) else check_sample(item, root, real_root, seen, durations)
         if isinstance(checked, Reject):
             rejects.append(checked)
         else:
@@ -69,8 +75,10 @@ def write_rejects(path: str | os.PathLike, rejects: list[Reject]) -> int:
     return write_jsonl(path, (r.as_dict() for r in rejects))
 
 
-def check_sample(sample: Sample, root: Path, real_root: Path, seen: set[str]) -> Sample | Reject:
-    """The sample with its media path normalised and its target stripped, or the first problem found."""
+def check_sample(sample: Sample, root: Path, real_root: Path, seen: set[str],
+                 durations: dict[Path, float | None] | None = None) -> Sample | Reject:
+    """The sample with its media path normalised, its target stripped and its clip window cut to the video,
+    or the first problem found. ``durations`` caches the lengths read from video headers, by path."""
     file, record = _where(sample)
 
     def reject(code: str, detail: str) -> Reject:
@@ -89,11 +97,14 @@ def check_sample(sample: Sample, root: Path, real_root: Path, seen: set[str]) ->
     target = sample.target.strip() if isinstance(sample.target, str) else ""
     if not target:
         return reject("empty_target", "the target text is empty or whitespace")
-    if sample.sample_id in seen:
-        return reject("duplicate_id", f"sample id {sample.sample_id!r} was already used by an earlier record")
+    if sample.duration is None and sample.media_type == "video" and _has_window(sample):
+        sample = dataclasses.replace(sample, duration=_header_duration(path, durations))
     problem = _clip_problem(sample)
     if problem:
         return reject(*problem)
+    sample = _cut_to_video(sample)
+    if sample.sample_id in seen:
+        return reject("duplicate_id", f"sample id {sample.sample_id!r} was already used by an earlier record")
     references = tuple(dict.fromkeys(r.strip() for r in sample.references if r and r.strip()))
     if target not in references:
         references = (target, *references)
@@ -130,6 +141,33 @@ def _inside_root(media_path: str, root: Path, real_root: Path) -> str | tuple[st
     return relative
 
 
+def _has_window(sample: Sample) -> bool:
+    return sample.clip_start is not None or sample.clip_end is not None
+
+
+def _header_duration(path: Path, durations: dict[Path, float | None] | None) -> float | None:
+    """The video's length from its container header (once per file), or None when it cannot be read."""
+    durations = {} if durations is None else durations
+    if path not in durations:
+        try:
+            durations[path] = round(container_duration(path), 3)
+        except MediaError:
+            durations[path] = None
+    return durations[path]
+
+
+def _cut_to_video(sample: Sample) -> Sample:
+    """The sample with a clip end past the video's end moved to that end; an id made of the window
+    follows it, so the id never names a window the video does not have."""
+    start, end, duration = sample.clip_start, sample.clip_end, sample.duration
+    if end is None or duration is None or end <= duration:
+        return sample
+    sample_id = sample.sample_id
+    if sample_id == f"{sample.dataset}/{window_id(sample.media_path, start, end)}":
+        sample_id = f"{sample.dataset}/{window_id(sample.media_path, start, duration)}"
+    return dataclasses.replace(sample, clip_end=duration, sample_id=sample_id)
+
+
 def _clip_problem(sample: Sample) -> tuple[str, str] | None:
     start, end, duration = sample.clip_start, sample.clip_end, sample.duration
     if duration is not None and duration <= 0:
@@ -144,10 +182,9 @@ def _clip_problem(sample: Sample) -> tuple[str, str] | None:
         if duration is not None and start >= duration:
             return "clip_outside_duration", f"clip [{start}, {end}] starts after the video's end ({duration} s)"
         return "bad_clip_window", f"clip start {start} s is not before its end {end} s"
-    if duration is not None:
-        last = end if end is not None else start
-        if (start or 0.0) >= duration or last > duration + DURATION_TOLERANCE_S:
-            return "clip_outside_duration", f"clip [{start}, {end}] is outside the video's {duration} s"
+    if duration is not None and (start or 0.0) >= duration:
+        return "clip_outside_duration", (
+            f"clip [{start}, {end}] starts at or after the video's end ({duration} s)")
     return None
 
 

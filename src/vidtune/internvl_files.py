@@ -1,20 +1,27 @@
 """Training files in InternVL's documented format, and InternVideo2.5's xtuner export.
 
 InternVL (``internvl_chat/shell/data/*.json`` and its chat-data-format docs): one JSON Lines file per
-split and dataset, records like::
+split and dataset. A video is written in one of two forms (the dataset's ``internvl_video_form``)::
 
-    {"id": "demo/clip_000.mp4", "video": "results/frames/cache/ab/<key>/",
-     "conversations": [{"from": "human", "value": "<video>\\n<prompt>"}, {"from": "gpt", "value": "<target>"}]}
+    {"id": "demo/clip_000.mp4", "image": ["frames/cache/ab/<key>/frames/frame_000001.jpg", ...],
+     "conversations": [{"from": "human", "value": "Frame-1: <image>\nFrame-2: <image>\n<prompt>"},
+                       {"from": "gpt", "value": "<target>"}]}
+    {"id": "demo/clip_000.mp4", "video": "frames/cache/ab/<key>/frames/",
+     "conversations": [{"from": "human", "value": "<video>\n<prompt>"}, {"from": "gpt", "value": "<target>"}]}
+
+``images`` (the default) is InternVL's multi-image form with the ``Frame-<i>: <image>`` lines its own video
+expansion writes; its trainer loads it with PIL alone. ``video`` names the frame folder, which InternVL's
+trainer reads only through the optional ``petrel_client`` loader. Either way the folder holds only the
+frames ``frame_<n>.jpg``, and it already covers the clip window, so records carry no ``clip``. Images::
+
     {"id": "coco/test/391895", "image": "<path>", "width": 640, "height": 480, "conversations": [...]}
 
-``video`` is the frame folder written by frame extraction (files ``frame_<n>.jpg``, which InternVL's
-``read_frames_folder`` orders by the number after the last ``_``); it already covers the clip window,
-so records carry no ``clip``. Paths are relative to the working directory, as in the extraction index.
-
-``meta.json`` entries (``root``, ``annotation``, ``data_augment``, ``max_dynamic_patch``,
-``repeat_time``, ``length``) use the absolute working directory as ``root`` and an absolute
-``annotation`` path, because InternVL's trainer runs from its own folder; they are the only absolute
-paths vidtune writes, and they are the same on every run from the same checkout.
+Paths in records are relative to the results folder (``base``): frames always; an image from a dataset
+whose root is relative is named from there too (``../data/...``), one whose root is absolute stays
+absolute. ``meta.json`` entries (``root``, ``annotation``, ``data_augment``, ``max_dynamic_patch``,
+``repeat_time``, ``length``) give ``root`` (the results folder) and ``annotation`` relative to meta.json's
+own folder, so moving or renaming the project or the results folder leaves every file loadable; InternVL's
+trainer resolves them against its working directory, so it runs from meta.json's folder.
 
 Every file is written atomically with records sorted by id, so equal inputs give byte-identical files.
 """
@@ -26,14 +33,31 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from vidtune.adapters.base import container_duration, reason_code
+from vidtune.adapters.base import container_duration
+from vidtune.rejects import reason_code
 from vidtune.atomic import write_json, write_jsonl
 from vidtune.errors import DataError
 from vidtune.samples import SPLITS, Sample, read_split_table
 
 
+VIDEO_FORMS = ("images", "video")
+
+
 def conversation(prompt: str, target: str, placeholder: str) -> list[dict]:
     return [{"from": "human", "value": f"{placeholder}\n{prompt}"}, {"from": "gpt", "value": target}]
+
+
+def frame_lines(count: int) -> str:
+    """The placeholders of ``count`` frames as InternVL's video expansion writes them."""
+    return "\n".join(f"Frame-{number}: <image>" for number in range(1, count + 1))
+
+
+def portable_path(path: str | os.PathLike, start: str | os.PathLike) -> str:
+    """``path`` relative to the folder ``start``, unless it is absolute and outside ``start`` (a dataset
+    elsewhere on disk, which moves with neither the project nor the results folder)."""
+    if os.path.isabs(path) and os.path.commonpath([path, os.path.abspath(start)]) != os.path.abspath(start):
+        return str(path)
+    return os.path.relpath(path, start)
 
 
 def load_shard_indexes(paths: list[Path]) -> dict[str, dict]:
@@ -74,13 +98,19 @@ def _join(split_table: Path, shard_indexes: list[Path],
     return usable, rejects
 
 
-def internvl_record(sample: Sample, item: dict) -> dict:
+def internvl_record(sample: Sample, item: dict, video_form: str, base: Path) -> dict:
+    """The record of one sample; paths relative to ``base`` (see :func:`portable_path`)."""
     if item["media_type"] == "image":
-        return {"id": sample.sample_id, "image": item["image"], "width": item["width"],
+        return {"id": sample.sample_id, "image": portable_path(item["image"], base), "width": item["width"],
                 "height": item["height"], "conversations": conversation(sample.prompt, sample.target, "<image>")}
-    frames_dir = item["frames_dir"] if item["frames_dir"].endswith("/") else item["frames_dir"] + "/"
-    return {"id": sample.sample_id, "video": frames_dir,
-            "conversations": conversation(sample.prompt, sample.target, "<video>")}
+    frames_dir = portable_path(item["frames_dir"], base)
+    if video_form == "video":
+        return {"id": sample.sample_id, "video": frames_dir + "/",
+                "conversations": conversation(sample.prompt, sample.target, "<video>")}
+    if video_form != "images":
+        raise ValueError(f"internvl_video_form must be one of {VIDEO_FORMS}, not {video_form!r}")
+    return {"id": sample.sample_id, "image": [f"{frames_dir}/{name}" for name in item["frames"]],
+            "conversations": conversation(sample.prompt, sample.target, frame_lines(len(item["frames"])))}
 
 
 def _summary(dataset: str, per_split: Counter, rejects: list[dict], ingest_rejects: Path | None,
@@ -91,20 +121,24 @@ def _summary(dataset: str, per_split: Counter, rejects: list[dict], ingest_rejec
             codes = Counter(reason_code(json.loads(line)["reason"]) for line in handle if line.strip())
         by_stage["ingest"] = dict(sorted(codes.items()))
     by_stage["frames"] = dict(sorted(Counter(reason_code(r["reason"]) for r in rejects).items()))
+    by_reason: Counter = sum((Counter(codes) for codes in by_stage.values()), Counter())
     return {"dataset": dataset, "samples": {name: per_split.get(name, 0) for name in SPLITS},
             "total": sum(per_split.values()), "rejects": by_stage,
-            "rejected": sum(sum(codes.values()) for codes in by_stage.values()), **extra}
+            "rejects_by_reason": dict(sorted(by_reason.items())),
+            "rejected": sum(by_reason.values()), **extra}
 
 
 def write_internvl_dataset(split_table: Path, shard_indexes: list[Path], out_dir: Path, dataset: str,
-                           cfg: dict, *, ingest_rejects: Path | None = None) -> dict:
+                           cfg: dict, *, base: Path, ingest_rejects: Path | None = None) -> dict:
     """Write ``train/val/test.jsonl`` (always all three), ``rejects.jsonl`` and ``summary.json`` under
-    ``out_dir``; return the summary. ``ingest_rejects`` (ingest's rejects file) adds its counts."""
+    ``out_dir``; return the summary. Record paths are relative to ``base`` (the results folder);
+    ``ingest_rejects`` (ingest's rejects file) adds its counts."""
     out_dir = Path(out_dir)
     usable, rejects = _join(Path(split_table), shard_indexes)
     per_split: Counter = Counter()
     for split in SPLITS:
-        records = [internvl_record(sample, item) for sample, s, item in usable if s == split]
+        records = [internvl_record(sample, item, cfg["internvl_video_form"], base)
+                   for sample, s, item in usable if s == split]
         per_split[split] = write_jsonl(out_dir / f"{split}.jsonl", records)
     write_jsonl(out_dir / "rejects.jsonl", rejects)
     summary = _summary(dataset, per_split, rejects, ingest_rejects)
@@ -121,26 +155,39 @@ def _data_settings(cfg: dict) -> dict:
     return settings
 
 
-def meta_entry(annotation: Path, length: int, cfg: dict, *, root: Path | None = None) -> dict:
-    """One dataset's entry in InternVL's meta.json (``root`` defaults to the working directory).
+def repeat_time(cfg: dict) -> int | float:
+    """The dataset's repeat_time as InternVL asserts it: an int when 1 or more, a share of the data below."""
+    value = cfg["repeat_time"]
+    if value >= 1:
+        if value != int(value):
+            raise ValueError(f"repeat_time above 1 must be a whole number, not {value}")
+        return int(value)
+    return value
+
+
+def meta_entry(annotation: Path, length: int, cfg: dict, *, root: Path, meta_dir: Path) -> dict:
+    """One dataset's entry in InternVL's meta.json: ``root`` (the folder its records' paths are relative
+    to) and ``annotation`` relative to ``meta_dir``, the folder meta.json is in.
 
     ``data_settings`` (ignored by InternVL's trainer) carries the prompt and frame sampling into the trained
     model's folder, so inference on a new video samples frames exactly as training did.
     """
     return {
-        "root": str((root or Path.cwd()).resolve()) + os.sep,
-        "annotation": os.path.abspath(annotation),
+        "root": os.path.relpath(root, meta_dir) + os.sep,  # both in the results folder: always relative
+        "annotation": os.path.relpath(annotation, meta_dir),
         "data_augment": False,
-        "max_dynamic_patch": int(cfg.get("max_dynamic_patch", 6)),
-        "repeat_time": cfg.get("repeat_time", 1),
+        "max_dynamic_patch": int(cfg["max_dynamic_patch"]),
+        "repeat_time": repeat_time(cfg),
         "length": int(length),
         "data_settings": _data_settings(cfg),
     }
 
 
-def write_meta(run_datasets: list[tuple[str, Path, int, dict]], out_path: Path) -> dict:
-    """InternVL's meta.json mixing ``(name, jsonl path, length, dataset cfg)`` entries; returns it."""
-    meta = {name: meta_entry(Path(jsonl), length, cfg) for name, jsonl, length, cfg in run_datasets}
+def write_meta(run_datasets: list[tuple[str, Path, int, dict]], out_path: Path, *, root: Path) -> dict:
+    """InternVL's meta.json mixing ``(name, jsonl path, length, dataset cfg)`` entries, whose records'
+    paths are relative to ``root`` (the results folder); returns it."""
+    meta = {name: meta_entry(Path(jsonl), length, cfg, root=root, meta_dir=Path(out_path).parent)
+            for name, jsonl, length, cfg in run_datasets}
     if len(meta) != len(run_datasets):
         raise DataError("a dataset appears twice in one run", file=str(out_path),
                         fix="list each dataset once in runs.<run>.datasets")
@@ -149,15 +196,19 @@ def write_meta(run_datasets: list[tuple[str, Path, int, dict]], out_path: Path) 
 
 
 def internvideo_record(sample: Sample, root: Path) -> dict:
-    """An xtuner (InternVideo2.5) record: the source video with its clip window and the video's length."""
-    duration = sample.duration if sample.duration is not None else container_duration(root / sample.media_path)
+    """An xtuner (InternVideo2.5) record: the source video, the clip window as ``start``/``end``, and
+    ``duration``, the length of what the model sees (the clip's, for a clip), which its prompt states."""
     record = {"id": sample.sample_id, "video": sample.media_path,
-              "conversations": conversation(sample.prompt, sample.target, "<image>"),
-              "duration": round(float(duration), 6)}
-    if sample.clip_start is not None or sample.clip_end is not None:
-        record["start"] = sample.clip_start if sample.clip_start is not None else 0.0
-        record["end"] = sample.clip_end if sample.clip_end is not None else record["duration"]
-    return record
+              "conversations": conversation(sample.prompt, sample.target, "<image>")}
+    if sample.clip_start is None and sample.clip_end is None:
+        return {**record, "duration": round(float(_video_duration(sample, root)), 6)}
+    start = sample.clip_start if sample.clip_start is not None else 0.0
+    end = sample.clip_end if sample.clip_end is not None else _video_duration(sample, root)
+    return {**record, "duration": round(float(end - start), 6), "start": start, "end": end}
+
+
+def _video_duration(sample: Sample, root: Path) -> float:
+    return sample.duration if sample.duration is not None else container_duration(root / sample.media_path)
 
 
 def write_internvideo_export(split_table: Path, shard_indexes: list[Path], out_dir: Path, dataset: str,
@@ -167,7 +218,8 @@ def write_internvideo_export(split_table: Path, shard_indexes: list[Path], out_d
 
     Records point at the source videos (xtuner decodes them itself, ``video_read_type: decord``) with
     the clip window as ``start``/``end``; samples that extraction rejected are left out, and so are
-    images (xtuner's InternVideo2.5 recipe trains on video only).
+    images (xtuner's InternVideo2.5 recipe trains on video only). ``root`` and ``annotation`` are
+    relative to ``out_dir`` (``root`` stays absolute when the dataset root is), as in meta.json.
     """
     out_dir = Path(out_dir)
     root = Path(cfg["root"])
@@ -179,10 +231,10 @@ def write_internvideo_export(split_table: Path, shard_indexes: list[Path], out_d
                    if s == split and sample.media_type == "video"]
         per_split[split] = write_jsonl(out_dir / f"{split}.jsonl", records)
     meta = {dataset: {
-        "root": str(root.resolve()) + os.sep,
-        "annotation": os.path.abspath(out_dir / "train.jsonl"),
+        "root": portable_path(root, out_dir).rstrip(os.sep) + os.sep,
+        "annotation": "train.jsonl",
         "data_augment": False,
-        "repeat_time": cfg.get("repeat_time", 1),
+        "repeat_time": repeat_time(cfg),
         "video_read_type": "decord",
         "sampling_strategy": "all",
         "length": per_split["train"],

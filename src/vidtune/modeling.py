@@ -32,6 +32,7 @@ IMAGE_PLACEHOLDER = "<image>"
 # Modules never quantised by QLoRA (full module paths; bitsandbytes matches short names too loosely).
 QLORA_SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 _FRAME_NUMBER = re.compile(r"_(\d+)\.jpe?g$", re.IGNORECASE)
+_FRAME_LABEL = re.compile(r"^Frame-?\d+: (?=<image>)", re.MULTILINE)  # InternVL's frame label before <image>
 
 
 # --- Processor ---------------------------------------------------------------------------------------------
@@ -256,17 +257,22 @@ class RecordText:
     """The text side of one InternVL JSONL record."""
 
     media_type: str
-    prompt: str          # the human turn without media placeholders
+    prompt: str          # the human turn without media placeholders (and without ``Frame-<i>:`` labels)
     target: str | None   # the first gpt turn, if any
     placeholders: int    # how many media placeholders the human turn had
+    media_count: int     # how many it should have: the frames of an ``image`` list, else 1
 
 
 def record_text(record: dict, file: str | None = None) -> RecordText:
+    """Reads both video forms: a frame folder (``video``, one ``<video>``) and a frame list (``image`` as a
+    list, one ``<image>`` per frame, each on a ``Frame-<i>: <image>`` line as InternVL's expansion writes)."""
     record_id = str(record.get("id"))
     if "video" in record:
-        media_type, placeholder = "video", VIDEO_PLACEHOLDER
+        media_type, placeholder, count = "video", VIDEO_PLACEHOLDER, 1
+    elif isinstance(record.get("image"), list):
+        media_type, placeholder, count = "video", IMAGE_PLACEHOLDER, len(record["image"])
     elif "image" in record:
-        media_type, placeholder = "image", IMAGE_PLACEHOLDER
+        media_type, placeholder, count = "image", IMAGE_PLACEHOLDER, 1
     else:
         raise DataError("record has neither video nor image", file=file, record=record_id,
                         fix="write InternVL JSONL with a video (frame folder) or image key")
@@ -276,8 +282,8 @@ def record_text(record: dict, file: str | None = None) -> RecordText:
         raise DataError("record has no human turn", file=file, record=record_id)
     gpt = next((turn["value"] for turn in conversations if turn.get("from") == "gpt"), None)
     placeholders = human.count(placeholder)
-    prompt = human.replace(placeholder, "").strip()
-    return RecordText(media_type, prompt, gpt, placeholders)
+    prompt = _FRAME_LABEL.sub("", human).replace(placeholder, "").strip()
+    return RecordText(media_type, prompt, gpt, placeholders, count)
 
 
 def _frame_number(path: Path) -> int:
@@ -286,7 +292,8 @@ def _frame_number(path: Path) -> int:
 
 
 def record_media_paths(record: dict, root: str | Path) -> list[Path]:
-    """Frame files of a video record (sorted by their ``_<number>.jpg`` suffix) or the image of an image record."""
+    """A video record's frames (a folder's sorted by their ``_<number>.jpg`` suffix, a list's in its order)
+    or an image record's image; empty when any is missing."""
     root = Path(root)
     if "video" in record:
         folder = root / record["video"]
@@ -294,8 +301,9 @@ def record_media_paths(record: dict, root: str | Path) -> list[Path]:
             return []
         frames = [path for path in folder.iterdir() if _frame_number(path) >= 0]
         return sorted(frames, key=_frame_number)
-    path = root / record["image"]
-    return [path] if path.is_file() else []
+    names = record["image"] if isinstance(record["image"], list) else [record["image"]]
+    paths = [root / name for name in names]
+    return paths if paths and all(path.is_file() for path in paths) else []
 
 
 def load_record_media(record: dict, root: str | Path) -> list[Image.Image]:

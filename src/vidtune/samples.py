@@ -12,13 +12,15 @@ media_type      str    ``video`` or ``image``.
 media_path      str    path of the video or image relative to the dataset root (POSIX separators),
                        already checked to stay inside that root.
 clip_start      float  clip window start in seconds, null for the whole video (and for images).
-clip_end        float  clip window end in seconds, null for the whole video (and for images).
+clip_end        float  clip window end in seconds, null for the whole video (and for images); never past
+                       ``duration`` (ingest cuts a window to the video).
 prompt          str    the user's turn, without media placeholders (they are added when formatting).
 target          str    the assistant's turn the model is trained to produce.
 references      list   every reference text used for scoring (the target is one of them).
 group_key       str    what must never straddle splits: the source video, or the subject when known.
 official_split  str    ``train``/``val``/``test`` when the dataset ships a split, else null.
-duration        float  media duration in seconds when the annotations give it, else null.
+duration        float  media duration in seconds when the annotations give it (for a clip whose annotations
+                       give none: read from the video's container header at ingest), else null.
 source          str    where the record came from: ``<annotation file>:<line or index>``, for reports.
 
 The split step adds one column, ``split`` (``train``/``val``/``test``).

@@ -92,10 +92,8 @@ def read_meta(meta_path: Path) -> dict[str, dict]:
 
 
 def _resolve(path: str, base: Path) -> Path:
-    candidate = Path(path)
-    if candidate.is_absolute() or candidate.exists():
-        return candidate
-    return base / candidate
+    """A meta.json path: relative ones are relative to meta.json's folder, wherever the trainer runs."""
+    return base / path
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -149,8 +147,8 @@ def check_sample(processor, record: dict, root: Path, max_dynamic_patch: int, se
     record_id = str(record.get("id"))
     if text.target is None:
         return None, "no gpt turn"
-    if text.placeholders != 1:
-        return None, f"{text.placeholders} media placeholders in the human turn (expected 1)"
+    if text.placeholders != text.media_count:
+        return None, f"{text.placeholders} media placeholders in the human turn (expected {text.media_count})"
     paths = record_media_paths(record, root)
     if not paths:
         return None, "media not found"

@@ -8,5 +8,5 @@ from pathlib import Path  # noqa: E402
 
 from vidtune.tiny_model import build_tiny_model  # noqa: E402
 
-build_tiny_model(Path(snakemake.output.model), snakemake.params.tiny)
+build_tiny_model(Path(snakemake.output.model), snakemake.params.model["tiny"])
 log.info("built %s", snakemake.output.model)

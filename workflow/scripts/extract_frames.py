@@ -11,7 +11,8 @@ from vidtune.atomic import write_json  # noqa: E402
 from vidtune.frames import extract_shard  # noqa: E402
 
 manifest = json.loads(Path(snakemake.input.manifest).read_text(encoding="utf-8"))
-index = extract_shard(manifest, cache_root=Path(snakemake.params.cache), workers=snakemake.threads, log=log)
+index = extract_shard(manifest, cache_root=Path(snakemake.params.cache), workers=snakemake.threads,
+                      timeout_s=snakemake.resources.decode_timeout_s, log=log)
 # The summary (extracted vs reused) differs between a fresh and a cached run; the index must not.
 log.info("summary: %s", index.pop("summary"))
 write_json(snakemake.output.index, index)

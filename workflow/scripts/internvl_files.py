@@ -10,6 +10,6 @@ from vidtune.internvl_files import write_internvl_dataset  # noqa: E402
 
 summary = write_internvl_dataset(Path(snakemake.input.table), [Path(p) for p in snakemake.input.indexes],
                                  Path(snakemake.output.summary).parent, snakemake.wildcards.dataset,
-                                 snakemake.params.dataset,
+                                 snakemake.params.dataset, base=Path(snakemake.config["results"]),
                                  ingest_rejects=Path(snakemake.input.ingest_rejects))
 log.info("summary: %s", summary)

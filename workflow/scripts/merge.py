@@ -14,5 +14,6 @@ for path in snakemake.input.check:
     with open(path, encoding="utf-8") as handle:
         check_records += [json.loads(line) for line, _ in zip(handle, range(2))]
 result = merge(Path(snakemake.input.base), Path(snakemake.input.trained), Path(snakemake.output.model),
-               check_records, root=Path("."), trust_remote_code=snakemake.params.trust_remote_code)
+               check_records, root=Path(snakemake.config["results"]),
+               trust_remote_code=snakemake.params.model["trust_remote_code"])
 log.info("merge check: %s", result)

@@ -14,7 +14,9 @@ records = []
 for path in snakemake.input.records:
     with open(path, encoding="utf-8") as handle:
         records += [json.loads(line) for line in handle if line.strip()]
-predictions = predict_records(Path(snakemake.input.model), records, Path("."), snakemake.params.evaluation,
-                              trust_remote_code=snakemake.params.trust_remote_code)
+# Record paths are relative to the results folder.
+predictions = predict_records(Path(snakemake.input.model), records, Path(snakemake.config["results"]),
+                              snakemake.params.evaluation,
+                              trust_remote_code=snakemake.params.model["trust_remote_code"])
 write_jsonl(snakemake.output.predictions, sorted(predictions, key=lambda p: p["id"]))
 log.info("%d predictions", len(predictions))

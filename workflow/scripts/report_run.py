@@ -20,9 +20,9 @@ metrics = json.loads(Path(snakemake.input.metrics).read_text(encoding="utf-8"))
 out = snakemake.output
 metrics_table_html(metrics, out.metrics_table)
 metrics_bar_chart(metrics, out.metrics_chart)
-config_html({"run": snakemake.params.run, "model": snakemake.params.model,
-             "datasets": snakemake.params.datasets}, out.config)
-frames = {record["id"]: [str(p) for p in record_media_paths(record, Path("."))]
+# The settings that made this run's model and predictions (vidtune.reach: those reaching train or predict).
+config_html({"run": snakemake.params.run, "model": snakemake.params.model}, out.config)
+frames = {record["id"]: [str(p) for p in record_media_paths(record, Path(snakemake.config["results"]))]
           for path in snakemake.input.records for record in read_jsonl(path)}
 evaluation = snakemake.params.run["evaluation"]
 gallery_html(read_jsonl(snakemake.input.per_sample), frames, out.gallery, size=evaluation["gallery_size"],

@@ -13,5 +13,6 @@ entries = []
 for name, jsonl in zip(datasets, snakemake.input.train, strict=True):
     length = sum(1 for line in Path(jsonl).read_text(encoding="utf-8").splitlines() if line.strip())
     entries.append((name, Path(jsonl), length, datasets[name]))
-write_meta(entries, Path(snakemake.output.meta))
+# Record paths are relative to the results folder, whose name never changes a file's content.
+write_meta(entries, Path(snakemake.output.meta), root=Path(snakemake.config["results"]))
 log.info("meta.json: %s", {name: length for name, _, length, _ in entries})

@@ -5,7 +5,8 @@ annotations write them, relative to the dataset root) and :class:`~vidtune.sampl
 what it cannot parse. Path safety, missing media, empty targets, duplicates and clip windows are checked
 once for every format in :mod:`vidtune.ingest`.
 
-Reject reasons read ``<code>: <detail>``; summaries count rejects by code.
+Reject reasons read ``<class>: <detail>``, the classes those of :mod:`vidtune.rejects`; summaries count
+rejects by class.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
 from vidtune.errors import ConfigError, DataError, MediaError
+from vidtune.rejects import reason  # noqa: F401 - the adapters import it from here
 from vidtune.samples import SPLITS, Reject, Sample
 
 OptionsT = TypeVar("OptionsT")
@@ -27,15 +29,6 @@ OptionsT = TypeVar("OptionsT")
 # Official split names as published datasets spell them.
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                   "validation": "val", "dev": "val", "test": "test", "testing": "test"}
-
-
-def reason(code: str, detail: str) -> str:
-    return f"{code}: {detail}"
-
-
-def reason_code(text: str) -> str:
-    """The code part of a reject reason (``missing_media: ...`` -> ``missing_media``)."""
-    return text.split(":", 1)[0].strip()
 
 
 def parse_options(name: str, cfg: dict, options_type: type[OptionsT]) -> OptionsT:
@@ -104,17 +97,24 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
-def annotation_file(name: str, cfg: dict, default_under_root: str | None) -> Path:
-    """The main annotation file: ``cfg["annotations"]`` (relative to the working directory) or the
-    format's default under the root. A missing file is a config mistake, so it stops the step."""
+def annotation_file(name: str, cfg: dict, defaults_under_root: tuple[str, ...] = ()) -> Path:
+    """The main annotation file: ``cfg["annotations"]`` (relative to the working directory), else the first
+    of the format's default places under the root that exists. A missing file is a config mistake, so it
+    stops the step, naming ``annotations``: the setting that points at the file."""
+    key = f"datasets.{name}.annotations"
     given = cfg.get("annotations")
-    path = Path(given) if given else Path(cfg["root"]) / (default_under_root or "")
-    if not given and default_under_root is None:
-        raise ConfigError(f"datasets.{name}.annotations is required for format {cfg.get('format')!r}")
-    if not path.is_file():
-        key = f"datasets.{name}.annotations" if given else f"datasets.{name}.root"
-        raise ConfigError(f"annotation file {path} does not exist", fix=f"check {key}")
-    return path
+    if given:
+        if not Path(given).is_file():
+            raise ConfigError(f"annotation file {given} does not exist", fix=f"check {key}")
+        return Path(given)
+    if not defaults_under_root:
+        raise ConfigError(f"{key} is required for format {cfg.get('format')!r}")
+    candidates = [Path(cfg["root"]) / default for default in defaults_under_root]
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        raise ConfigError(f"no annotation file: none of {', '.join(map(str, candidates))} exists",
+                          fix=f"set {key} to the file (or check datasets.{name}.root)")
+    return found
 
 
 def option_file(name: str, cfg: dict, key: str, value: str) -> Path:
@@ -230,6 +230,11 @@ _SPACES = re.compile(r"\s+")
 def tidy_spacing(text: str) -> str:
     """Collapse runs of whitespace and remove spaces before punctuation."""
     return _SPACE_BEFORE_PUNCT.sub(r"\1", _SPACES.sub(" ", text)).strip()
+
+
+def window_id(media_path: str, start: float | None, end: float | None) -> str:
+    """The id of a record that has none: its media path and clip window (``a.mp4@2.0-4.0``)."""
+    return media_path + ("" if start is None and end is None else f"@{start}-{end}")
 
 
 def sample(name: str, cfg: dict, local_id: str, *, media_path: str, target: str, source: str,

@@ -1,10 +1,14 @@
-"""``ego4d``: an Ego4D download root with ``ego4d.json`` and ``annotations/narration.json``.
+"""``ego4d``: an Ego4D download folder, as the Ego4D CLI (``ego4d --output_directory <root>``) writes it.
 
 Layout::
 
-    <root>/ego4d.json                      videos: video_uid, duration_sec, video_metadata.fps ...
-    <root>/annotations/narration.json      {video_uid: {narration_pass_1: {narrations, summaries}, ...}}
-    <root>/v2/full_scale/<video_uid>.mp4   (or v1/full_scale/)
+    <root>/v2/ego4d.json                      videos: video_uid, duration_sec, video_metadata.fps ...
+    <root>/v2/annotations/narration.json      {video_uid: {narration_pass_1: {narrations, summaries}, ...}}
+    <root>/v2/full_scale/<video_uid>.mp4      (or v1/full_scale/)
+
+The metadata and narration files are also found directly under ``<root>`` (a folder laid out by hand);
+``options.metadata`` and ``annotations`` name them elsewhere. Without metadata the videos' durations are
+unknown to the annotations: ingest then reads each clip's video length from its header (a warning says so).
 
 Targets: ``summaries`` (one clip per summary window), ``narrations`` (a clip of ``narration_window_s``
 around each timestamp), or ``summary_file`` (a plain ``{video_uid: summary text}`` JSON file, one sample
@@ -15,13 +19,20 @@ video has is used, so a missing pass falls back to the other one.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from vidtune.adapters.base import (annotation_file, as_float, load_json, option_file, parse_options,
-                                   reason, sample, shape_error, tidy_spacing)
+from vidtune.adapters.base import (annotation_file, as_float, load_json, option_file, parse_options, reason,
+                                   sample, shape_error, tidy_spacing)
 from vidtune.samples import Reject, Sample
+
+log = logging.getLogger(__name__)
+
+# Where the CLI puts each file (v2), then the same names directly under the root.
+METADATA_FILES = ("v2/ego4d.json", "ego4d.json")
+NARRATION_FILES = ("v2/annotations/narration.json", "annotations/narration.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +40,7 @@ class Ego4dOptions:
     target: Literal["summaries", "narrations", "summary_file"] = "summaries"
     narration_window_s: float = 4.0
     passes: tuple[str, ...] = ("narration_pass_1", "narration_pass_2")
-    metadata: str = "ego4d.json"
+    metadata: str | None = None  # default: the first of METADATA_FILES that exists
     summary_file: str = "summaries.json"
     video_dirs: tuple[str, ...] = ("v2/full_scale", "v1/full_scale")
 
@@ -61,14 +72,16 @@ def clean_text(text: str) -> str:
 def read(name: str, cfg: dict) -> Iterator[Sample | Reject]:
     options = parse_options(name, cfg, Ego4dOptions)
     root = Path(cfg["root"])
-    durations = _durations(root / options.metadata)
+    metadata = _metadata_file(name, cfg, options)
+    durations = _durations(metadata) if metadata else {}
     if options.target == "summary_file":
-        yield from _video_summaries(name, cfg, options, root, durations)
+        yield from _video_summaries(name, cfg, options, root, durations, metadata)
         return
-    path = annotation_file(name, cfg, default_under_root="annotations/narration.json")
+    path = annotation_file(name, cfg, NARRATION_FILES)
     narrations = load_json(path)
     if not isinstance(narrations, dict):
         raise shape_error(path, "a JSON object keyed by video_uid")
+    _warn_unknown_durations(name, cfg, narrations, durations, metadata)
     for video_uid in sorted(narrations):
         entry = narrations[video_uid]
         label = f"video_uid {video_uid}"
@@ -87,10 +100,31 @@ def read(name: str, cfg: dict) -> Iterator[Sample | Reject]:
                                    common)
 
 
+def _metadata_file(name: str, cfg: dict, options: Ego4dOptions) -> Path | None:
+    """``options.metadata`` (which must exist), else the first of :data:`METADATA_FILES`, else None."""
+    if options.metadata is not None:
+        return option_file(name, cfg, "metadata", options.metadata)
+    root = Path(cfg["root"])
+    return next((root / c for c in METADATA_FILES if (root / c).is_file()), None)
+
+
+def _warn_unknown_durations(name: str, cfg: dict, video_uids, durations: dict[str, float],
+                            metadata: Path | None) -> None:
+    """Say when the metadata gives no duration for some videos (ingest then reads it from the video)."""
+    unknown = sum(1 for uid in video_uids if uid not in durations)
+    if not unknown:
+        return
+    root = Path(cfg["root"])
+    why = f"not in {metadata}" if metadata else \
+        f"no ego4d.json: tried {', '.join(str(root / c) for c in METADATA_FILES)}"
+    log.warning("dataset %r: the duration of %d of %d videos is unknown (%s); where a clip window needs it, "
+                "ingest reads it from the video's header, which is slower. What to do: download the metadata "
+                "(ego4d --metadata) or set datasets.%s.options.metadata to your ego4d.json",
+                name, unknown, len(video_uids), why, name)
+
+
 def _durations(path: Path) -> dict[str, float]:
-    """video_uid -> duration_sec from ego4d.json, when the download has it (it is optional here)."""
-    if not path.is_file():
-        return {}
+    """video_uid -> duration_sec from ego4d.json."""
     metadata = load_json(path)
     videos = metadata.get("videos", []) if isinstance(metadata, dict) else []
     durations = {}
@@ -153,12 +187,13 @@ def _narrations(name: str, cfg: dict, options: Ego4dOptions, path: Path, video_u
                      clip_end=end, source=f"{path}:{label}", **common)
 
 
-def _video_summaries(name: str, cfg: dict, options: Ego4dOptions, root: Path,
-                     durations: dict[str, float]) -> Iterator[Sample | Reject]:
+def _video_summaries(name: str, cfg: dict, options: Ego4dOptions, root: Path, durations: dict[str, float],
+                     metadata: Path | None) -> Iterator[Sample | Reject]:
     path = option_file(name, cfg, "summary_file", options.summary_file)
     summaries: Any = load_json(path)
     if not isinstance(summaries, dict):
         raise shape_error(path, "a JSON object mapping video_uid to summary text")
+    _warn_unknown_durations(name, cfg, summaries, durations, metadata)
     for video_uid in sorted(summaries):
         text = summaries[video_uid]
         if not isinstance(text, str):

@@ -12,5 +12,5 @@ from vidtune.samples import Reject, Sample
 
 def read(name: str, cfg: dict) -> Iterator[Sample | Reject]:
     options = parse_options(name, cfg, TableOptions)
-    path = annotation_file(name, cfg, default_under_root=None)
+    path = annotation_file(name, cfg)
     yield from read_records(name, cfg, options, path, iter_jsonl(path))

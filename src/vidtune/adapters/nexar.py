@@ -9,6 +9,8 @@
 
 The target is the canonical JSON of ``fields`` (in that order), so the model learns schema-true output.
 Published variants name some fields differently; ``aliases`` maps each field to the other names tried.
+A field that no record of the file has is left out of every target (with a warning), so the model never
+learns to print a constant null; a record lacking a field that others have is rejected.
 
 ``competition`` layout (collision prediction)::
 
@@ -19,13 +21,15 @@ Published variants name some fields differently; ``aliases`` maps each field to 
 Each video is cut into fixed windows of ``window_s`` seconds (its length read from the container header,
 no decoding); a window holding the event is labelled ``collision_or_near_miss``, one overlapping the
 alert period before it ``risk_ahead``, the rest ``normal``; windows after the event are left out. The
-target is the canonical JSON of the label and the ``metadata_fields`` of ``metadata.csv``.
+target is the canonical JSON of the label and those ``metadata_fields`` of ``metadata.csv`` that at least
+one video has a value for (none without the file).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import posixpath
 from pathlib import Path
 from typing import Iterator, Literal
@@ -44,6 +48,8 @@ DEFAULT_ALIASES = {
     "traffic_density": ["traffic"],
 }
 EVENT, ALERT, NORMAL = "collision_or_near_miss", "risk_ahead", "normal"
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,10 +99,24 @@ def _first(row: dict, names: list[str]) -> tuple[bool, object]:
     return False, None
 
 
+def _provided(name: str, wanted: tuple[str, ...], has, where: Path, fix: str) -> list[str]:
+    """The fields of ``wanted`` that ``has(field)`` finds in at least one record; warns about the rest."""
+    provided = [field for field in wanted if has(field)]
+    absent = [field for field in wanted if field not in provided]
+    if absent:
+        log.warning("dataset %r: no record of %s has %s, so the targets leave %s out. What to do: %s", name,
+                    where, ", ".join(absent), "it" if len(absent) == 1 else "them", fix)
+    return provided
+
+
 def _structured(name: str, cfg: dict, options: NexarOptions, root: Path) -> Iterator[Sample | Reject]:
     path = option_file(name, cfg, "metadata_file", options.metadata_file)
     folder = posixpath.dirname(options.metadata_file)
-    for label, row in iter_jsonl(path):
+    rows = list(iter_jsonl(path))
+    records = [row for _, row in rows if not isinstance(row, Reject)]
+    fields = _provided(name, options.fields, lambda f: any(_first(r, options.names(f))[0] for r in records),
+                       path, f"if the file names them differently, map them in datasets.{name}.options.aliases")
+    for label, row in rows:
         if isinstance(row, Reject):
             yield row
             continue
@@ -105,7 +125,7 @@ def _structured(name: str, cfg: dict, options: NexarOptions, root: Path) -> Iter
             yield Reject(str(path), label, reason("missing_field", "no file_name"))
             continue
         values, missing = {}, []
-        for field in options.fields:
+        for field in fields:
             found, value = _first(row, options.names(field))
             values[field] = value
             if not found:
@@ -135,6 +155,9 @@ def _competition(name: str, cfg: dict, options: NexarOptions, root: Path) -> Ite
         for _, row in iter_csv(metadata_path):
             if not isinstance(row, Reject) and row.get("file_name"):
                 metadata[Path(row["file_name"]).stem] = row
+    fields = _provided(name, options.metadata_fields,
+                       lambda f: any((row.get(f) or "").strip() for row in metadata.values()), metadata_path,
+                       f"add the metadata file, or set datasets.{name}.options.metadata_fields to those it has")
     for label, row in iter_csv(labels_path):
         if isinstance(row, Reject):
             yield row
@@ -161,7 +184,7 @@ def _competition(name: str, cfg: dict, options: NexarOptions, root: Path) -> Ite
         except MediaError as error:
             yield Reject(str(labels_path), label, reason("unreadable_media", error.problem))
             continue
-        extra = {key: metadata.get(video_id, {}).get(key) for key in options.metadata_fields}
+        extra = {key: metadata.get(video_id, {}).get(key) or None for key in fields}  # an empty cell is null
         for index, (start, end) in enumerate(_windows(duration, options.window_s)):
             if positive and start > event:
                 break

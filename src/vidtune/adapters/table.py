@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from vidtune.adapters.base import as_float, official_split, reason, sample
+from vidtune.adapters.base import as_float, official_split, reason, sample, window_id
 from vidtune.samples import Reject, Sample
 
 _PLACEHOLDER = re.compile(r"<(video|image)>\s*")
@@ -98,8 +98,7 @@ def record_sample(name: str, cfg: dict, options: TableOptions, file: Path, label
         return Reject(str(file), label, reason("malformed_record", str(error)))
     # Without an id field, the id is the media path and window: stable as lines move, and a second
     # caption for the same clip is reported as a duplicate rather than silently kept.
-    local_id = str(row[o.id_field]) if _present(row, o.id_field) else media_path + (
-        "" if start is None and end is None else f"@{start}-{end}")
+    local_id = str(row[o.id_field]) if _present(row, o.id_field) else window_id(media_path, start, end)
     group = str(row[o.group_field]) if _present(row, o.group_field) else None
     return sample(name, cfg, local_id, media_type=media_type, media_path=media_path, target=target,
                   prompt=prompt, references=references, group_key=group, clip_start=start, clip_end=end,

@@ -71,7 +71,7 @@ class VideoIndex:
             raise MediaError("the video stream has no decodable frames (empty, or no keyframe)")
         if count < declared_frames:
             raise MediaError(f"the file is truncated: {count} of the {declared_frames} frames it declares "
-                             "are present", fix="re-download or re-encode the video")
+                             "are present", code="damaged_media", fix="re-download or re-encode the video")
         return cls(time_base, tuple(kept))
 
     @functools.cached_property
@@ -111,7 +111,7 @@ def read_frames(path: str | os.PathLike, settings: FrameSettings,
         return read(str(path), settings, clip)
     except MediaError as error:
         error.file = error.file or str(path)
-        raise MediaError(error.problem, file=error.file, fix=error.fix) from None
+        raise MediaError(error.problem, code=error.code, file=error.file, fix=error.fix) from None
 
 
 def finish(frame: av.VideoFrame, rotation: float, short_side: int) -> Image.Image:
@@ -242,7 +242,7 @@ def _read_ffmpeg(path: str, settings: FrameSettings, clip) -> tuple[list[Image.I
                    .compile())
         done = subprocess.run(command, capture_output=True, timeout=settings.timeout_s)
         if done.returncode != 0:
-            raise MediaError(f"ffmpeg failed: {_reason(done.stderr)}")
+            raise MediaError(f"ffmpeg failed: {_reason(done.stderr)}", code="damaged_media")
         found = {}
         for number, pts in enumerate(targets):
             out = Path(folder) / f"{number}.bmp"
@@ -261,7 +261,7 @@ def _in_order(index: VideoIndex, targets: list[int],
     if missing:
         shown = ", ".join(f"{t:g}" for t in missing[:5])
         raise MediaError(f"frame(s) at {shown} s could not be decoded (truncated or corrupt data)",
-                         fix="re-encode or re-download the video")
+                         code="damaged_media", fix="re-encode or re-download the video")
     return [found[p] for p in targets], [index.seconds(p) for p in targets]
 
 

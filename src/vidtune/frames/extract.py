@@ -1,10 +1,11 @@
 """Extract one shard's frames into the cache, in parallel, with a timeout per item.
 
-Each item's output lives in ``<cache_root>/<key[:2]>/<key>/``: ``frame_000001.jpg``... in time order (the
-names InternVL's frame-folder loader sorts by) and ``frames.json`` (timestamps, size, or the reject
-reason). A folder is built as a hidden ``.<key>.tmp-<host>-<pid>-<random>`` sibling and renamed into place
-when complete, so a folder under its key is always complete; a killed extraction leaves only a temporary
-folder, which no reader trusts and the next attempt at that key removes.
+Each item's output lives in ``<cache_root>/<key[:2]>/<key>/``: ``frames.json`` (timestamps, size, or the
+reject reason) and, for a video, ``frames/`` holding only ``frame_000001.jpg``... in time order (the names
+InternVL's frame-folder loader sorts by; it opens every file of that folder as an image). A folder is
+built as a hidden ``.<key>.tmp-<host>-<pid>-<random>`` sibling and renamed into place when complete, so a
+folder under its key is always complete; a killed extraction leaves only a temporary folder, which no
+reader trusts and the next attempt at that key removes.
 
 Work runs in ``workers`` processes (one single-threaded decoder each). The parent kills a worker whose item
 runs past ``timeout_s`` (with the ffmpeg processes it started) and rejects that item: a hanging decode is a
@@ -13,6 +14,7 @@ reject, never a hang, and a crashing decoder costs one item, not the shard.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -31,8 +33,10 @@ from vidtune.errors import MediaError
 from vidtune.frames.decode import read_frames
 from vidtune.frames.manifest import FORMAT_VERSION
 from vidtune.frames.settings import FrameSettings
+from vidtune.rejects import reason
 
 RECORD = "frames.json"
+FRAMES = "frames"  # the subfolder that holds a video's frames and nothing else
 PROGRESS_EVERY_S = 10.0
 # Errors of the disk the cache is on, never of a video: they fail the shard instead of rejecting its items,
 # since a reject would be written into the shard index and outlive the fault.
@@ -41,6 +45,10 @@ STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 def cache_folder(cache_root: str | os.PathLike, key: str) -> Path:
     return Path(cache_root) / key[:2] / key
+
+
+def frames_folder(cache_root: str | os.PathLike, key: str) -> Path:
+    return cache_folder(cache_root, key) / FRAMES
 
 
 def frame_name(number: int) -> str:
@@ -57,7 +65,7 @@ def load_record(folder: Path) -> dict | None:
         return None
     if record.get("format") != FORMAT_VERSION:
         return None
-    if not all((folder / name).is_file() for name in record.get("frames", [])):
+    if not all((folder / FRAMES / name).is_file() for name in record.get("frames", [])):
         return None
     return record
 
@@ -94,8 +102,9 @@ def _extract_into(item: dict, temp: Path, settings: FrameSettings) -> dict:
     except MediaError as error:
         return {**record, "status": "rejected", "reason": _reason(error)}
     names = [frame_name(n) for n in range(1, len(images) + 1)]
+    (temp / FRAMES).mkdir()
     for name, image in zip(names, images):
-        image.save(temp / name, quality=settings.jpeg_quality)
+        image.save(temp / FRAMES / name, quality=settings.jpeg_quality)
     return {**record, "status": "ok", "frames": names, "timestamps": times, "width": images[0].width,
             "height": images[0].height}
 
@@ -111,11 +120,12 @@ def _publish(temp: Path, folder: Path) -> None:
 
 
 def _reason(error: Exception) -> str:
+    """The reject reason (``<class>: <detail>``, see :mod:`vidtune.rejects`) for a decoding error."""
     if isinstance(error, MediaError):
-        return error.problem + (f". What to do: {error.fix}" if error.fix else "")
+        return reason(error.code, error.problem + (f". What to do: {error.fix}" if error.fix else ""))
     if isinstance(error, Image.UnidentifiedImageError):
-        return "cannot open as an image (unknown or corrupt format)"
-    return f"cannot decode: {error}"
+        return reason("unreadable_media", "cannot open as an image (unknown or corrupt format)")
+    return reason("unreadable_media", f"cannot decode: {error}")
 
 
 # --- the shard --------------------------------------------------------------------------------------------
@@ -128,25 +138,28 @@ def item_result(item: dict, record: dict, cache_root: str | os.PathLike) -> dict
     result.update(media_type=record["media_type"], width=record["width"], height=record["height"])
     if record["media_type"] == "image":
         return {**result, "image": item["path"]}
-    folder = cache_folder(cache_root, item["key"])
-    return {**result, "frames_dir": f"{folder}/", "frames": record["frames"],
+    return {**result, "frames_dir": f"{frames_folder(cache_root, item['key'])}/", "frames": record["frames"],
             "timestamps": record["timestamps"]}
 
 
 def extract_shard(manifest: dict, cache_root: str | os.PathLike = Path("results/frames/cache"),
-                  workers: int = 2, log: logging.Logger | None = None) -> dict:
+                  workers: int = 2, timeout_s: float | None = None, log: logging.Logger | None = None) -> dict:
     """Extract every item of a shard manifest; returns the shard index.
 
     ``{"items": {key: result}, "summary": {"extracted", "reused", "rejected", "frames_written"}}``: the
     items part depends only on the manifest and the files; the summary says what this run did.
+    ``timeout_s`` (a job limit, not in the manifest) defaults to the schema's.
     """
     log = log or logging.getLogger(__name__)
     settings = FrameSettings(**manifest["settings"])
+    if timeout_s is not None:
+        settings = dataclasses.replace(settings, timeout_s=float(timeout_s))
     items = {item["key"]: item for item in manifest["items"]}
     records, todo = {}, []
     for key, item in items.items():
         if not os.path.exists(item["path"]):
-            records[key] = {"status": "rejected", "reason": "file not found"}
+            records[key] = {"status": "rejected",
+                            "reason": reason("missing_media", f"{item['path']} does not exist")}
             continue
         record = load_record(cache_folder(cache_root, key))
         if record is None:
@@ -184,7 +197,7 @@ def _worker_main(connection, cache_root: str, settings: FrameSettings) -> None:
         except Exception as error:  # rejects the item (not cached), never the shard; a full disk fails it
             storage = isinstance(error, OSError) and error.errno in STORAGE_ERRORS
             connection.send({"status": "storage_error" if storage else "rejected", "transient": True,
-                             "reason": f"extraction failed: {error}"})
+                             "reason": reason("extraction_failed", str(error))})
 
 
 class _Worker:
@@ -250,10 +263,10 @@ def _run_pool(todo: list[dict], cache_root, settings: FrameSettings, workers: in
                         code = worker.process.exitcode
                         how = f"signal {-code}" if code and code < 0 else f"exit code {code}"
                         record = {"status": "rejected", "transient": True,
-                                  "reason": f"the decoder process died ({how})"}
+                                  "reason": reason("decoder_crashed", f"the decoder process died ({how})")}
                 elif worker.item and time.monotonic() - worker.started > settings.timeout_s:
-                    record = {"status": "rejected", "transient": True,
-                              "reason": f"timed out after {settings.timeout_s:g} s (hanging decode)"}
+                    timeout = f"timed out after {settings.timeout_s:g} s (hanging decode)"
+                    record = {"status": "rejected", "transient": True, "reason": reason("decode_timeout", timeout)}
                 if record is None:
                     continue
                 key = worker.item["key"]

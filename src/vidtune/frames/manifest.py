@@ -25,7 +25,7 @@ from typing import Iterable
 from vidtune.frames.settings import FrameSettings
 from vidtune.samples import Sample
 
-FORMAT_VERSION = 1  # bump when the extraction changes its output for the same inputs
+FORMAT_VERSION = 2  # bump when the extraction changes its output for the same inputs
 SIGNATURE_BYTES = 64 * 1024
 
 
@@ -92,5 +92,5 @@ def build_manifests(samples: Iterable[Sample], dataset_root: str | os.PathLike, 
         })
         item["sample_ids"] = sorted(set(item["sample_ids"]) | {s.sample_id for s in members})
     return [{"format": FORMAT_VERSION, "shard": number, "num_shards": num_shards,
-             "settings": settings.as_dict(), "items": [items[key] for key in sorted(items)]}
+             "settings": settings.manifest_fields(), "items": [items[key] for key in sorted(items)]}
             for number, items in enumerate(shards)]

@@ -46,8 +46,9 @@ def select_frames(times: Sequence[float], clip: Sequence[float | None] | None,
         video_end = times[-1] + _typical_interval(times)
         if start >= video_end - EPSILON:
             raise MediaError(f"clip window starts at {start:g} s, after the end of the video "
-                             f"({video_end:.3f} s)", fix="check the clip times against the video")
-        raise MediaError(f"no frame inside the clip window [{start:g}, {end:g}) s")
+                             f"({video_end:.3f} s)", code="clip_outside_duration",
+                             fix="check the clip times against the video")
+        raise MediaError(f"no frame inside the clip window [{start:g}, {end:g}) s", code="too_few_frames")
     after = times[stop] if stop < len(times) else times[stop - 1] + _typical_interval(times)
     span = after - times[first]
     count = segment_count(span, settings)
@@ -59,7 +60,8 @@ def select_frames(times: Sequence[float], clip: Sequence[float | None] | None,
             picked.append(index)
     if len(picked) < settings.min_frames:
         raise MediaError(f"the clip has only {len(picked)} frame(s), fewer than min_frames="
-                         f"{settings.min_frames}", fix="lower frames.min_frames or drop the sample")
+                         f"{settings.min_frames}", code="too_few_frames",
+                         fix="lower frames.min_frames or drop the sample")
     return picked
 
 
@@ -68,7 +70,7 @@ def _window(clip: Sequence[float | None] | None) -> tuple[float, float | None]:
     start = 0.0 if start is None else float(start)
     if start < 0 or (end is not None and end <= start):
         raise MediaError(f"invalid clip window [{start:g}, {end}] s: it must satisfy 0 <= start < end",
-                         fix="fix the clip times in the annotations")
+                         code="bad_clip_window", fix="fix the clip times in the annotations")
     return start, (None if end is None else float(end))
 
 

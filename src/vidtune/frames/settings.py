@@ -66,6 +66,13 @@ class FrameSettings:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def manifest_fields(self) -> dict:
+        """Every setting but the decode timeout: a job limit that reaches extraction through the rule's
+        resources, so changing it leaves the manifests as they are."""
+        fields = self.as_dict()
+        del fields["timeout_s"]
+        return fields
+
     def output_fields(self) -> dict:
         """The settings that determine the extracted frames (what a cache key must include).
 
@@ -73,8 +80,7 @@ class FrameSettings:
         policy are unused, so neither invalidates cached frames. The backend is included: both pick the
         same frames, but their colour conversions are different builds of FFmpeg.
         """
-        fields = self.as_dict()
-        del fields["timeout_s"]
+        fields = self.manifest_fields()
         unused = ("fps", "max_frames") if self.policy == "uniform" else ("num_frames",)
         for name in unused:
             del fields[name]
