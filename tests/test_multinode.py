@@ -1,14 +1,16 @@
 """Training across two SLURM nodes (tests/slurm_cluster.py, `slurm_nodes`): `training.nodes: 2` through
 `--profile profiles/slurm`, as a user would run it.
 
-The data and base model are prepared locally (they are the same with or without SLURM; tests/test_slurm.py
-covers those steps on the cluster); only `train` goes through sbatch. Each node has one fake GPU's worth of
+The data and base model are prepared once, locally (they are the same with or without SLURM;
+tests/test_slurm.py covers those steps on the cluster), and copied for each training; only `train` goes
+through sbatch. Each node has one fake GPU's worth of
 training process (`gpus: 1`: CPU, gloo), so the world size is 2, and the reference is the same training on
 one node with `gpus: 2`. DeepSpeed ZeRO-2 in both.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -24,7 +26,7 @@ from safetensors.torch import load_file
 
 from conftest import SNAKEMAKE, REPO, Workflow, quick_config
 from slurm_cluster import PROFILE, SlurmCluster, slurm_nodes  # noqa: F401 - the fixture
-from test_slurm import FAST_STATUS, jobs_of
+from test_slurm import FAST_STATUS, jobs_of, submit
 from vidtune.train import COMPLETE_MARKER
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
@@ -35,25 +37,27 @@ TRAIN_LOG = "results/logs/train/demo.log"
 TWO_NODES = {"nodes": 2, "gpus": 1, "deepspeed": "zero2", "batch_size": 2, "gradient_accumulation_steps": 1}
 
 
-def prepared(folder: Path, **training) -> Workflow:
-    """The reduced demo up to the train step's inputs, run locally, with the given training settings."""
-    config = quick_config()
+@pytest.fixture(scope="module")
+def demo_inputs(tmp_path_factory) -> Workflow:
+    """The reduced demo up to the train step's inputs (meta.json, the base model), run once, locally."""
+    workflow = Workflow(tmp_path_factory.mktemp("inputs") / "work", quick_config())
+    workflow.snakemake("results/runs/demo/meta.json", f"results/models/{workflow.config['runs']['demo']['model']}")
+    return workflow
+
+
+def with_training(inputs: Workflow, folder: Path, **training) -> Workflow:
+    """A copy of the prepared demo whose run trains with these settings (nothing before `train` changes)."""
+    workflow = inputs.copy(folder)
+    config = copy.deepcopy(workflow.config)
     config["runs"]["demo"]["training"].update(training)
-    workflow = Workflow(folder, config)
-    workflow.snakemake("results/runs/demo/meta.json", f"results/models/{config['runs']['demo']['model']}")
+    workflow.write_config(config)
     return workflow
 
 
 def submit_command(workflow: Workflow, *args: str) -> list[str]:
+    """`snakemake --profile profiles/slurm` of the train step, for a run that the test interrupts."""
     return [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workflow.workdir), "--profile",
             str(PROFILE), *FAST_STATUS, *args, SUMMARY]
-
-
-def submit(workflow: Workflow, cluster: SlurmCluster, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(submit_command(workflow, *args), cwd=workflow.workdir, env=cluster.env,
-                            capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, f"{result.stderr[-6000:]}\n{cluster.logs()}"
-    return result
 
 
 def train_steps(cluster: SlurmCluster, workdir: Path) -> tuple[dict, list[dict]]:
@@ -66,17 +70,18 @@ def train_steps(cluster: SlurmCluster, workdir: Path) -> tuple[dict, list[dict]]
 
 
 @pytest.fixture(scope="module")
-def two_nodes(slurm_nodes, tmp_path_factory):  # noqa: F811 - the fixture imported above
-    workflow = prepared(tmp_path_factory.mktemp("two-nodes") / "work", **TWO_NODES)
+def two_nodes(slurm_nodes, demo_inputs, tmp_path_factory):  # noqa: F811 - the fixture imported above
+    workflow = with_training(demo_inputs, tmp_path_factory.mktemp("two-nodes") / "work", **TWO_NODES)
     started = time.monotonic()
-    submit(workflow, slurm_nodes)
+    submit(workflow, slurm_nodes, SUMMARY)
     return workflow, time.monotonic() - started
 
 
 @pytest.fixture(scope="module")
-def one_node(tmp_path_factory):
+def one_node(demo_inputs, tmp_path_factory):
     """The same training on one node with the same world size: two processes under torchrun, locally."""
-    workflow = prepared(tmp_path_factory.mktemp("one-node") / "work", **{**TWO_NODES, "nodes": 1, "gpus": 2})
+    workflow = with_training(demo_inputs, tmp_path_factory.mktemp("one-node") / "work",
+                             **{**TWO_NODES, "nodes": 1, "gpus": 2})
     workflow.snakemake(SUMMARY)
     return workflow
 
@@ -165,12 +170,13 @@ def run_until(workflow: Workflow, cluster: SlurmCluster, ready, action) -> str:
     return workflow.path(TRAIN_LOG).read_text()
 
 
-def test_stop_signal_and_lost_node_resume_from_the_last_complete_checkpoint(slurm_nodes, tmp_path):  # noqa: F811
+def test_stop_signal_and_lost_node_resume_from_the_last_complete_checkpoint(slurm_nodes, demo_inputs,  # noqa: F811
+                                                                            tmp_path):
     """SLURM's warning signal (USR1 to the job's steps, as `--signal=USR1@300` sends it) stops both nodes after
     the same step with a checkpoint; the next run resumes from it. Then vt-node2's part of the step is killed
     (as when the node dies): the next run resumes from the last complete checkpoint and finishes."""
     steps = 40
-    workflow = prepared(tmp_path / "work", **{**TWO_NODES, "max_steps": steps, "save_steps": 4})
+    workflow = with_training(demo_inputs, tmp_path / "work", **{**TWO_NODES, "max_steps": steps, "save_steps": 4})
     log = workflow.path(TRAIN_LOG)
 
     def training_on_both_nodes() -> bool:
@@ -205,7 +211,7 @@ def test_stop_signal_and_lost_node_resume_from_the_last_complete_checkpoint(slur
     jobs = jobs_of(slurm_nodes, workflow.workdir)
     assert [(job["rule"], job["State"]) for job in jobs] == [("train", "FAILED")] * 2, jobs
 
-    submit(workflow, slurm_nodes)
+    submit(workflow, slurm_nodes, SUMMARY)
     summary = json.loads(workflow.path(SUMMARY).read_text())
     assert summary["resumed_from"]["checkpoint"] == f"checkpoint-{complete[-1]}", summary["resumed_from"]
     assert summary["resumed_from"]["optimizer_step"] == complete[-1]
