@@ -115,6 +115,16 @@ def run_gpus(section):
     return gpus
 
 
+def train_multi_node(value):
+    """A train resource that only a job of several nodes has (None: the job does not ask for it)."""
+
+    def resource(wildcards):
+        training = config["runs"][wildcards.run]["training"]
+        return value(training) if training["nodes"] > 1 else None
+
+    return resource
+
+
 def ingest_inputs(wildcards):
     dataset = config["datasets"][wildcards.dataset]
     if dataset["format"] in GENERATED_FORMATS:

@@ -1,13 +1,29 @@
-"""A real one-node SLURM cluster on localhost for the cluster tests: munge, MariaDB, slurmdbd, slurmctld, slurmd.
+"""A real SLURM cluster on this machine for the cluster tests: munge, MariaDB, slurmdbd, slurmctld, slurmd.
 
 Everything lives in one temporary folder (configs, keys, state, logs, the database); the daemons run in the
 foreground as children of the test process and are stopped by PID, also when starting one of them fails.
 Accounting (slurmdbd with MariaDB) is on, so `sacct` works: the executor plugin's default status command, and
-the record the tests read to see what each job asked for. The node has two fake GPUs (/dev/null, /dev/zero) of
-the GPU model the profile asks for, so `--gpus=<model>:N` jobs are scheduled and get CUDA_VISIBLE_DEVICES.
+the record the tests read to see what each job asked for. Each node has two fake GPUs (/dev/null, /dev/zero)
+of the GPU model the profile asks for, so `--gpus=<model>:N` jobs are scheduled and get CUDA_VISIBLE_DEVICES.
+
+Two shapes, one code path:
+
+- one node (`slurm_cluster`): every daemon on the host's loopback, the node named after this machine;
+- several nodes (`slurm_nodes`, `SlurmCluster(..., node_count=2)`): a private network of Linux network
+  namespaces. The controller namespace holds MariaDB, slurmdbd, slurmctld and a bridge (10.217.0.1); each
+  compute node is a namespace of its own (vt-node1 at 10.217.0.11, vt-node2 at .12, ...) joined to the bridge
+  by a veth pair, with its own host name (a UTS namespace) and an /etc/hosts that names every node
+  (/etc/netns/<namespace>/hosts, which `ip netns exec` mounts). One slurmd per node namespace. The host's own
+  network gets no address: SLURM's commands (sbatch, sacct, ...) are wrappers in <root>/bin that enter the
+  controller namespace when called from outside the cluster, so a Snakemake run on the host submits as
+  usual. The file system is shared (it is one machine's disk), as on a cluster.
+
+To try a profile change by hand, from the repository root (as root, with the venv active):
+
+    python tests/slurm_cluster.py 2    # nodes; prints the PATH to export; Ctrl-C stops and removes it all
 
 Needs root and the packages of `bash envs/install_system_packages.sh --slurm` (which `make test` runs); the
-fixture skips the test otherwise.
+fixtures skip the tests otherwise.
 """
 
 from __future__ import annotations
@@ -18,6 +34,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,8 +44,9 @@ from typing import Iterator
 import pytest
 import yaml
 
-DAEMONS = ("munged", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd", "sbatch", "srun", "sacct",
-           "sacctmgr", "squeue", "scancel", "scontrol", "sinfo")
+CLIENTS = ("sbatch", "srun", "sacct", "sacctmgr", "squeue", "scancel", "scontrol", "sinfo")
+DAEMONS = ("munged", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd", *CLIENTS)
+NAMESPACE_TOOLS = ("ip", "nsenter", "unshare")
 PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "slurm"
 CLUSTER = "vidtune-test"
 DB_USER, DB_PASSWORD, DB_NAME = "slurm", "vidtune-test", "slurm_acct_db"
@@ -36,6 +54,14 @@ NODE_CPUS = 8  # more than this machine has (SlurmdParameters=config_overrides):
 NODE_MEMORY_MB = 128_000  # declared, not enforced: the merge step asks for 32 GB
 NODE_GPUS = ("/dev/null", "/dev/zero")  # stand-ins for two GPU devices: a multi-GPU request can be scheduled
 START_TIMEOUT_S = 90
+SUBNET = "10.217.0"  # inside the test's own network namespaces only: never routed to or from the host
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    address: str
+    netns: str | None  # the node's network namespace; None: the host's own network (the one-node cluster)
 
 
 class ClusterError(RuntimeError):
@@ -69,8 +95,24 @@ class Site:
 class SlurmCluster:
     root: Path
     site: Site
-    node: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
+    node_count: int = 1
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        host = socket.gethostname().split(".")[0]
+        if self.node_count == 1:
+            self.controller = Node(host, "127.0.0.1", None)
+            self.nodes = [self.controller]
+        else:
+            prefix = f"vidtune-{os.getpid()}"  # unique per test process; removed by stop()
+            self.controller = Node(host, f"{SUBNET}.1", f"{prefix}-ctl")
+            self.nodes = [Node(f"vt-node{index}", f"{SUBNET}.{10 + index}", f"{prefix}-node{index}")
+                          for index in range(1, self.node_count + 1)]
+
+    @property
+    def node(self) -> str:
+        """The first compute node."""
+        return self.nodes[0].name
 
     @property
     def conf(self) -> Path:
@@ -100,36 +142,94 @@ class SlurmCluster:
     # --- Starting ------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        for folder in ("etc", "munge", "mysql", "state/ctld", "state/d", "logs", "run"):
+        for folder in ("etc", "munge", "mysql", "state/ctld", "logs", "run",
+                       *(f"state/d/{node.name}" for node in self.nodes)):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)  # munge and mysql must reach their own folders below
-        self._write_srun()
+        self._write_clients()
+        if self.controller.netns:
+            self._create_network()
         ports = free_ports(4)
         self.mysql_port, self.dbd_port, self.ctld_port, self.slurmd_port = ports
         self._start_munge()
         self._start_mariadb()
         self._write_configs()
-        self._start("slurmdbd", ["slurmdbd", "-D"], ready=lambda: port_open(self.dbd_port))
+        self._start("slurmdbd", [*self.on_controller, "slurmdbd", "-D"], ready=lambda: self.port_open(self.dbd_port))
         self.command("sacctmgr", "-i", "add", "cluster", CLUSTER)
         self.command("sacctmgr", "-i", "add", "account", self.site.account, f"Cluster={CLUSTER}")
         self.command("sacctmgr", "-i", "add", "user", "root", f"Account={self.site.account}",
                      f"Cluster={CLUSTER}")
-        self._start("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)],
+        self._start("slurmctld", [*self.on_controller, "slurmctld", "-D", "-f", str(self.conf)],
                     ready=lambda: self.command("scontrol", "ping", check=False).count("UP") > 0)
-        self._start("slurmd", ["slurmd", "-D", "-f", str(self.conf), "-N", self.node],
-                    ready=lambda: self.node_state() == "idle")
+        for node in self.nodes:
+            slurmd = ["slurmd", "-D", "-f", str(self.conf), "-N", node.name]
+            if node.netns:
+                # The node's own network, host name (its jobs see `hostname` = the node) and /etc/hosts. Not
+                # `ip netns exec`, which would also mount a /sys without the cgroup file system slurmd needs.
+                slurmd = ["nsenter", f"--net=/run/netns/{node.netns}", "unshare", "--uts", "--mount", "sh", "-c",
+                          f'mount --bind /etc/netns/{node.netns}/hosts /etc/hosts && hostname {node.name} && '
+                          'exec "$@"', "slurmd", *slurmd]
+            self._start(f"slurmd-{node.name}", slurmd, ready=lambda node=node: self.node_state(node.name) == "idle")
 
-    def node_state(self) -> str:
-        return self.command("sinfo", "-h", "-N", "-o", "%t", check=False).strip().split("\n")[0]
+    @property
+    def on_controller(self) -> list[str]:
+        """The prefix that runs a command in the controller's network."""
+        return ["ip", "netns", "exec", self.controller.netns] if self.controller.netns else []
 
-    def _write_srun(self) -> None:
-        """Inside a job the plugin starts the rule with `srun` but removes SLURM_CONF from srun's environment
-        (a real cluster has its config at the default path), so srun finds this cluster through a wrapper
-        that comes first on the PATH the jobs inherit."""
-        srun = self.root / "bin" / "srun"
-        srun.parent.mkdir(exist_ok=True)
-        srun.write_text(f"#!/bin/sh\nSLURM_CONF={self.conf} exec {shutil.which('srun')} \"$@\"\n")
-        srun.chmod(0o755)
+    def port_open(self, port: int) -> bool:
+        if not self.controller.netns:
+            return port_open(port)
+        probe = [*self.on_controller, "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"]
+        return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
+
+    def node_state(self, node: str | None = None) -> str:
+        return self.command("sinfo", "-h", "-n", node or self.node, "-N", "-o", "%t",
+                            check=False).strip().split("\n")[0]
+
+    def _write_clients(self) -> None:
+        """SLURM's commands as wrappers that come first on the PATH (also the PATH the jobs inherit).
+
+        Inside a job the plugin starts the rule with `srun` but removes SLURM_CONF from srun's environment
+        (a real cluster has its config at the default path), so the wrappers name this cluster's config. On a
+        several-node cluster, a command started outside the cluster's namespaces (the test, the Snakemake head
+        process) enters the controller's namespace; inside a node (a job's own srun) it runs where it is."""
+        folder = self.root / "bin"
+        folder.mkdir(exist_ok=True)
+        for name in CLIENTS:
+            real = shutil.which(name)
+            enter = (f'[ -z "$(ip netns identify 2>/dev/null)" ] && exec ip netns exec {self.controller.netns} '
+                     f'{real} "$@"\n' if self.controller.netns else "")
+            (folder / name).write_text(f"#!/bin/sh\nexport SLURM_CONF={self.conf}\n{enter}exec {real} \"$@\"\n")
+            (folder / name).chmod(0o755)
+
+    def _create_network(self) -> None:
+        """The controller's namespace with a bridge, and one namespace per node joined to it by a veth pair."""
+        control = self.controller.netns
+
+        def ip(*args: str) -> None:
+            subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+        self.namespaces = [control]
+        ip("netns", "add", control)
+        ip("-n", control, "link", "set", "lo", "up")
+        ip("-n", control, "link", "add", "br0", "type", "bridge")
+        ip("-n", control, "addr", "add", f"{self.controller.address}/24", "dev", "br0")
+        ip("-n", control, "link", "set", "br0", "up")
+        for index, node in enumerate(self.nodes, 1):
+            self.namespaces.append(node.netns)
+            ip("netns", "add", node.netns)
+            ip("-n", node.netns, "link", "set", "lo", "up")
+            ip("-n", control, "link", "add", f"veth{index}", "type", "veth", "peer", "name", "eth0",
+               "netns", node.netns)
+            ip("-n", control, "link", "set", f"veth{index}", "master", "br0", "up")
+            ip("-n", node.netns, "addr", "add", f"{node.address}/24", "dev", "eth0")
+            ip("-n", node.netns, "link", "set", "eth0", "up")
+        hosts = "127.0.0.1 localhost\n" + "".join(f"{node.address} {node.name}\n"
+                                                  for node in [self.controller, *self.nodes])
+        for namespace in self.namespaces:
+            folder = Path("/etc/netns") / namespace
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "hosts").write_text(hosts)
 
     def _start_munge(self) -> None:
         folder = self.root / "munge"
@@ -158,32 +258,36 @@ class SlurmCluster:
         shutil.chown(init, "mysql", "mysql")
         log = folder / "mariadb.log"
         # Durability is worth nothing for a database that lives for one test session.
-        self._start("mariadbd", ["mariadbd", "--no-defaults", f"--datadir={data}", "--user=mysql",
+        self._start("mariadbd", [*self.on_controller, "mariadbd", "--no-defaults", f"--datadir={data}", "--user=mysql",
                                  f"--socket={folder / 'mysqld.sock'}", f"--pid-file={folder / 'mysqld.pid'}",
                                  f"--port={self.mysql_port}", "--bind-address=127.0.0.1", "--skip-name-resolve",
                                  f"--log-error={log}", f"--init-file={init}", "--skip-log-bin",
                                  "--innodb-buffer-pool-size=64M", "--innodb-flush-log-at-trx-commit=0",
                                  "--innodb-doublewrite=0", "--sync-binlog=0"],
-                    log=log, ready=lambda: port_open(self.mysql_port))
+                    log=log, ready=lambda: self.port_open(self.mysql_port))
 
     def _write_configs(self) -> None:
         etc, state, logs, run = (self.root / name for name in ("etc", "state", "logs", "run"))
         auth = f"AuthType=auth/munge\nAuthInfo=socket={self.munge_socket}\n"
         site = self.site
+        names = ",".join(node.name for node in self.nodes)
+        node_lines = "".join(f"NodeName={node.name} NodeAddr={node.address} CPUs={NODE_CPUS} "
+                             f"RealMemory={NODE_MEMORY_MB} Gres={site.gres}:{len(NODE_GPUS)} State=UNKNOWN\n"
+                             for node in self.nodes)
         self.conf.write_text(f"""\
 ClusterName={CLUSTER}
-SlurmctldHost={self.node}(127.0.0.1)
+SlurmctldHost={self.controller.name}({self.controller.address})
 SlurmctldPort={self.ctld_port}
 SlurmdPort={self.slurmd_port}
 SlurmUser=root
 SlurmdUser=root
 {auth}CredType=cred/munge
 StateSaveLocation={state / 'ctld'}
-SlurmdSpoolDir={state / 'd'}
+SlurmdSpoolDir={state / 'd' / '%n'}
 SlurmctldPidFile={run / 'slurmctld.pid'}
-SlurmdPidFile={run / 'slurmd.pid'}
+SlurmdPidFile={run / 'slurmd-%n.pid'}
 SlurmctldLogFile={logs / 'slurmctld.log'}
-SlurmdLogFile={logs / 'slurmd.log'}
+SlurmdLogFile={logs / 'slurmd-%n.log'}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
@@ -207,14 +311,12 @@ AccountingStorageTRES=gres/gpu{f',gres/{site.gres}' if site.gpu_model else ''}
 AccountingStoreFlags=job_comment
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
-NodeName={self.node} NodeAddr=127.0.0.1 CPUs={NODE_CPUS} RealMemory={NODE_MEMORY_MB} \
-Gres={site.gres}:{len(NODE_GPUS)} State=UNKNOWN
-PartitionName={site.cpu_partition} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
-""" + (f"PartitionName={site.gpu_partition} Nodes={self.node} MaxTime=INFINITE State=UP\n"
+{node_lines}PartitionName={site.cpu_partition} Nodes={names} Default=YES MaxTime=INFINITE State=UP
+""" + (f"PartitionName={site.gpu_partition} Nodes={names} MaxTime=INFINITE State=UP\n"
        if site.gpu_partition != site.cpu_partition else ""))
         # A count-only gres.conf line (no File) leaves the node INVAL; harmless devices stand in for GPUs.
         gpu_type = f" Type={site.gpu_model}" if site.gpu_model else ""
-        (etc / "gres.conf").write_text(f"NodeName={self.node} Name=gpu{gpu_type} File={','.join(NODE_GPUS)}\n")
+        (etc / "gres.conf").write_text(f"NodeName={names} Name=gpu{gpu_type} File={','.join(NODE_GPUS)}\n")
         dbd = etc / "slurmdbd.conf"
         dbd.write_text(f"""\
 {auth}DbdHost=localhost
@@ -261,7 +363,8 @@ StorageLoc={DB_NAME}
 
     def logs(self) -> str:
         """The tails of every daemon's log, for a failing test's message."""
-        return "\n".join(self.log_tail(name) for name in ("slurmctld", "slurmd", "slurmdbd"))
+        return "\n".join(self.log_tail(name) for name in
+                         ("slurmctld", *(f"slurmd-{node.name}" for node in self.nodes), "slurmdbd"))
 
     # --- Stopping ------------------------------------------------------------------------------------------
 
@@ -281,6 +384,10 @@ StorageLoc={DB_NAME}
                     process.kill()
                     process.wait(timeout=10)
         self.processes.clear()
+        for namespace in getattr(self, "namespaces", []):
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=30)
+            shutil.rmtree(Path("/etc/netns") / namespace, ignore_errors=True)
+        self.namespaces = []
 
 
 def port_open(port: int) -> bool:
@@ -300,18 +407,19 @@ def free_ports(count: int) -> list[int]:
             probe.close()
 
 
-def missing_requirements() -> str | None:
+def missing_requirements(node_count: int = 1) -> str | None:
     if os.geteuid() != 0:
         return "the SLURM test cluster needs root (its daemons run as root, munge and mysql)"
-    missing = [name for name in DAEMONS if shutil.which(name) is None]
+    missing = [name for name in (*DAEMONS, *(NAMESPACE_TOOLS if node_count > 1 else ()))
+               if shutil.which(name) is None]
     if missing:
         return f"{', '.join(missing)} not installed: run `bash envs/install_system_packages.sh --slurm`"
     return None
 
 
-def start_cluster(site: Site) -> Iterator[SlurmCluster]:
+def start_cluster(site: Site, node_count: int = 1) -> Iterator[SlurmCluster]:
     """A running cluster, stopped and removed afterwards (also when starting it failed)."""
-    cluster = SlurmCluster(Path(tempfile.mkdtemp(prefix="vidtune-slurm-")), site)
+    cluster = SlurmCluster(Path(tempfile.mkdtemp(prefix="vidtune-slurm-")), site, node_count)
     try:
         cluster.start()
         yield cluster
@@ -327,3 +435,32 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     if reason:
         pytest.skip(reason)
     yield from start_cluster(Site.from_profile(PROFILE))
+
+
+@pytest.fixture(scope="session")
+def slurm_nodes() -> Iterator[SlurmCluster]:
+    """One two-node cluster (network namespaces) for the session, built like `slurm_cluster`."""
+    reason = missing_requirements(2)
+    if reason:
+        pytest.skip(reason)
+    yield from start_cluster(Site.from_profile(PROFILE), node_count=2)
+
+
+def main() -> None:
+    """Start a cluster of argv[1] nodes (default 1) for trying a profile by hand; Ctrl-C stops it."""
+    node_count = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    reason = missing_requirements(node_count)
+    if reason:
+        raise SystemExit(reason)
+    for cluster in start_cluster(Site.from_profile(PROFILE), node_count):
+        print(f"cluster in {cluster.root}; in another shell:\n"
+              f"  export PATH={cluster.root / 'bin'}:$PATH SLURM_CONF={cluster.conf}\n"
+              f"  snakemake --profile profiles/slurm ...\nCtrl-C stops it.", flush=True)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -66,6 +66,7 @@ def test_config_batch_sizes_agree_with_the_trainer(stage, world_size):
     assert any("train_batch_size" in line for line in _trainer_view(config, world_size + 1, **trainer))
     # Without a world size: one process per configured GPU.
     assert deepspeed_config(training)["train_batch_size"] == 2 * 4 * 8
+    assert deepspeed_config({**training, "nodes": 3})["train_batch_size"] == 2 * 4 * 8 * 3
 
 
 def test_config_offload():
@@ -87,6 +88,15 @@ def test_launch_command_and_cli_arguments(monkeypatch, tmp_path):
     assert "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1" in command
     assert command[-3:] == ["-m", "vidtune.train", "--x"]
     assert launch_command(tmp_path / "train.py", [], 2)[-1] == str(tmp_path / "train.py")
+    # Several nodes: srun starts one torchrun per node, which meet at the rendezvous on the first node.
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    command = launch_command("vidtune.train", ["--x"], 1, nodes=2, rendezvous="node1:29500", cpus_per_node=8)
+    assert command[:7] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--cpus-per-task=8",
+                           "--kill-on-bad-exit=1", "--label"]
+    assert {"--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d", "--rdzv_endpoint=node1:29500",
+            "--rdzv_id=42"} <= set(command) and "--standalone" not in command
+    with pytest.raises(ValueError, match="rendezvous"):
+        launch_command("vidtune.train", [], 4, nodes=2)
     calls = []
     monkeypatch.setattr(train_module, "train", lambda *args, **kwargs: calls.append((args, kwargs)))
     training = {"method": "lora", "deepspeed": "zero3", "lora": {"rank": 8}}

@@ -311,13 +311,14 @@ def prepare_model(model_dir: Path, settings: dict, trust_remote_code: bool, log:
 def deepspeed_config(training: dict, world_size: int | None = None) -> dict:
     """A ZeRO-2/3 config whose batch sizes match the Trainer's (micro x accumulation x processes).
 
-    ``world_size`` is the number of training processes over all nodes; by default one per configured GPU.
+    ``world_size`` is the number of training processes over all nodes; by default one per configured GPU
+    (at least one) on each of the configured nodes.
     """
     settings = training_settings(training)
     stage = {"zero2": 2, "zero3": 3}.get(settings["deepspeed"])
     if stage is None:
         raise ValueError(f"deepspeed must be zero2 or zero3, not {settings['deepspeed']!r}")
-    processes = world_size if world_size is not None else max(1, settings["gpus"])
+    processes = world_size if world_size is not None else max(1, settings["gpus"]) * settings["nodes"]
     zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True,
                             "reduce_bucket_size": "auto"}
     if stage == 3:
@@ -344,16 +345,39 @@ def deepspeed_available() -> bool:
     return importlib.util.find_spec("deepspeed") is not None
 
 
-def launch_command(target: str | Path, args: list[str], gpus: int) -> list[str]:
-    """How to start a script (a ``.py`` path) or a module (``vidtune.train``): one plain process, or torchrun
-    with one process per GPU on this node. torchrun passes SLURM's stop signals on to every process and gives
-    them time to checkpoint before it kills them."""
+def launch_command(target: str | Path, args: list[str], gpus: int, nodes: int = 1,
+                   rendezvous: str | None = None, cpus_per_node: int = 1) -> list[str]:
+    """How to start a script (a ``.py`` path) or a module (``vidtune.train``): one plain process, torchrun
+    with one process per GPU on this node, or (``nodes`` > 1, inside a SLURM allocation of that many nodes)
+    ``srun`` starting one torchrun per node, all meeting at ``rendezvous`` (``host:port`` on this, the first,
+    node). torchrun passes SLURM's stop signals on to every process and gives them time to checkpoint before
+    it kills them; srun passes them on to every node's torchrun and ends the step when one node fails."""
     entry = [str(target)] if Path(target).suffix == ".py" else ["-m", str(target)]
-    if gpus <= 1:
+    if gpus <= 1 and nodes <= 1:
         return [sys.executable, *entry, *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+    if nodes <= 1:
+        placement, srun = ["--standalone"], []
+    elif rendezvous is None:
+        raise ValueError("several nodes need a rendezvous endpoint (host:port on the first node)")
+    else:
+        placement = [f"--nnodes={nodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={rendezvous}",
+                     f"--rdzv_id={os.environ.get('SLURM_JOB_ID', 'vidtune')}"]
+        srun = ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1",
+                f"--cpus-per-task={cpus_per_node}", "--kill-on-bad-exit=1", "--label"]
+    return [*srun, sys.executable, "-m", "torch.distributed.run", *placement, f"--nproc_per_node={max(1, gpus)}",
             f"--signals-to-handle={','.join(TORCHRUN_SIGNALS)}", f"--shutdown-timeout={SHUTDOWN_SECONDS}",
             *entry, *args]
+
+
+def rendezvous_endpoint() -> str:
+    """``host:port`` for torchrun's rendezvous on this node (the first of the job's nodes, where the batch
+    script runs): its host name as the other nodes resolve it, and a port free now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        port = probe.getsockname()[1]
+    return f"{socket.gethostname()}:{port}"
 
 
 def cli_arguments(meta_path: Path, model_dir: Path, out_dir: Path, training: dict,
@@ -363,15 +387,20 @@ def cli_arguments(meta_path: Path, model_dir: Path, out_dir: Path, training: dic
             "--training", json.dumps(training, sort_keys=True), *(["--trust-remote-code"] * trust_remote_code)]
 
 
-def launch(args: list[str], gpus: int, log: logging.Logger) -> None:
-    """Run ``python -m vidtune.train <args>`` in ``gpus`` processes under torchrun, relaying their output to
-    ``log`` and SIGTERM/SIGUSR1/SIGINT to torchrun; exits with the processes' status when they fail."""
+def launch(args: list[str], gpus: int, log: logging.Logger, nodes: int = 1) -> None:
+    """Run ``python -m vidtune.train <args>`` in ``gpus`` processes per node under torchrun (on ``nodes``
+    nodes through srun), relaying their output to ``log`` and SIGTERM/SIGUSR1/SIGINT to the launcher;
+    exits with the processes' status when they fail."""
     if torch.cuda.is_available() and torch.cuda.device_count() < gpus:
         raise ConfigError(f"training.gpus is {gpus} but this job sees {torch.cuda.device_count()} GPUs",
                           fix="give the job as many GPUs as training.gpus (CUDA_VISIBLE_DEVICES, SLURM --gpus)")
-    threads = max(1, int(os.environ.get("OMP_NUM_THREADS", gpus)) // gpus)
-    command = launch_command("vidtune.train", args, gpus)
-    log.info("launching %d training processes: %s", gpus, " ".join(command))
+    processes = max(1, gpus)
+    cpus = int(os.environ.get("OMP_NUM_THREADS", processes))  # Snakemake sets it to the job's threads
+    threads = max(1, cpus // processes)
+    rendezvous = rendezvous_endpoint() if nodes > 1 else None
+    command = launch_command("vidtune.train", args, gpus, nodes, rendezvous, cpus_per_node=cpus)
+    log.info("launching %d training processes (%d per node on %d node%s): %s", processes * nodes, processes,
+             nodes, "s" * (nodes > 1), " ".join(command))
     # Its own session: a signal to this job's process group reaches torchrun once, through this process.
     process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -390,11 +419,13 @@ def launch(args: list[str], gpus: int, log: logging.Logger) -> None:
 
 def train_job(meta_path: Path, model_dir: Path, out_dir: Path, training: dict, trust_remote_code: bool,
               log: logging.Logger) -> dict:
-    """What the train rule runs: training in this process, or with ``gpus`` above 1 one process per GPU."""
-    gpus = training_settings(training)["gpus"]
-    if gpus <= 1:
+    """What the train rule runs: training in this process, or with ``gpus`` above 1 or ``nodes`` above 1
+    one process per GPU (at least one per node)."""
+    settings = training_settings(training)
+    gpus, nodes = settings["gpus"], settings["nodes"]
+    if gpus <= 1 and nodes <= 1:
         return train(meta_path, model_dir, out_dir, training, trust_remote_code=trust_remote_code, log=log)
-    launch(cli_arguments(meta_path, model_dir, out_dir, training, trust_remote_code), gpus, log)
+    launch(cli_arguments(meta_path, model_dir, out_dir, training, trust_remote_code), gpus, log, nodes)
     return json.loads((Path(out_dir) / "train_summary.json").read_text(encoding="utf-8"))
 
 
