@@ -107,7 +107,8 @@ def test_removed_video_leaves_training_data(run_copy):
     jsonl = "".join(run_copy.path(f"results/datasets/demo/internvl/{s}.jsonl").read_text()
                     for s in ("train", "val", "test"))
     assert removed not in jsonl
-    assert "extract_frames" not in executed_jobs(result) or frame_folders(run_copy) == before
+    # at most the removed video's shard lists its media again, and it finds all of them in the cache
+    assert executed_jobs(result).get("extract_frames", 0) <= 1
 
 
 def test_training_setting_change_reruns_training_steps_only(run_copy):

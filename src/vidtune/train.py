@@ -32,7 +32,7 @@ from transformers.integrations import TensorBoardCallback
 
 from vidtune.atomic import atomic_dir, dumps_json, write_json
 from vidtune.config import schema_defaults
-from vidtune.errors import ConfigError, DataError, ModelError
+from vidtune.errors import ConfigError, DataError, ModelError, command_line
 from vidtune.modeling import (build_messages, collate, encode_sample, load_images, load_model, load_processor,
                               record_media_paths, record_text)
 
@@ -183,7 +183,7 @@ def load_training_items(meta_path: Path, processor, settings: dict, log: logging
     for name, entry in read_meta(meta_path).items():
         annotation = _resolve(entry["annotation"], meta_path.parent)
         root = _resolve(entry.get("root", "."), meta_path.parent)
-        max_dynamic_patch = int(entry.get("max_dynamic_patch", 6))
+        max_dynamic_patch = int(entry.get("max_dynamic_patch", schema_defaults("dataset")["max_dynamic_patch"]))
         records = repeat_records(read_jsonl(annotation), float(entry.get("repeat_time", 1)), settings["seed"])
         entry_settings = {"prompt": DEFAULT_PROMPT, "frames": {}, **entry.get("data_settings", {}),
                           "max_dynamic_patch": max_dynamic_patch}
@@ -678,6 +678,7 @@ def plot_loss(history: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+@command_line
 def main(argv: list[str] | None = None) -> None:
     """``python -m vidtune.train``: one training process; torchrun starts one per GPU (see launch)."""
     parser = argparse.ArgumentParser(prog="python -m vidtune.train", description=main.__doc__)
@@ -693,4 +694,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -20,6 +20,7 @@ import typing
 from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
+from vidtune.config import schema_defaults
 from vidtune.errors import ConfigError, DataError, MediaError
 from vidtune.rejects import reason  # noqa: F401 - the adapters import it from here
 from vidtune.samples import SPLITS, Reject, Sample
@@ -243,7 +244,7 @@ def sample(name: str, cfg: dict, local_id: str, *, media_path: str, target: str,
     """One canonical sample with the defaults every format shares (id, prompt, references, group)."""
     return Sample(
         sample_id=f"{name}/{local_id}", dataset=name, media_type=media_type, media_path=media_path,
-        prompt=prompt if prompt else cfg.get("prompt", "Describe the video."), target=target,
+        prompt=prompt if prompt else cfg.get("prompt", schema_defaults("dataset")["prompt"]), target=target,
         references=references if references else (target,),
         group_key=group_key if group_key else media_path, source=source, **fields)
 
