@@ -1,4 +1,5 @@
-"""What every adapter shares: typed options (their defaults and checks in the config schema), annotation loading with file-and-line errors, reject reasons.
+"""What every adapter shares: typed options (defaults and checks in the config schema), annotation loading
+with file-and-line errors, reject reasons.
 
 An adapter only parses its format into :class:`~vidtune.samples.Sample` records (media paths as the
 annotations write them, relative to the dataset root) and :class:`~vidtune.samples.Reject` records for
@@ -23,6 +24,7 @@ from vidtune.rejects import reason  # noqa: F401 - the adapters import it from h
 from vidtune.samples import SPLITS, Reject, Sample
 
 OptionsT = TypeVar("OptionsT")
+DEFAULT_PROMPT = schema_defaults("dataset")["prompt"]
 
 # Official split names as published datasets spell them.
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -186,7 +188,7 @@ def sample(name: str, cfg: dict, local_id: str, *, media_path: str, target: str,
     """One canonical sample with the defaults every format shares (id, prompt, references, group)."""
     return Sample(
         sample_id=f"{name}/{local_id}", dataset=name, media_type=media_type, media_path=media_path,
-        prompt=prompt if prompt else cfg.get("prompt", schema_defaults("dataset")["prompt"]), target=target,
+        prompt=prompt if prompt else cfg.get("prompt", DEFAULT_PROMPT), target=target,
         references=references if references else (target,),
         group_key=group_key if group_key else media_path, source=source, **fields)
 
