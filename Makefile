@@ -27,6 +27,7 @@ demo: setup
 
 test: SYSTEM_FLAGS = --slurm
 test: setup
+	$(BIN)/snakemake --lint
 	$(BIN)/python -m pytest -ra tests
 
 lint: setup

@@ -49,3 +49,20 @@ rule extract_frames:
         "../envs/vidtune.yaml"
     script:
         "../workflow/scripts/extract_frames.py"
+
+
+# On request only (`snakemake clean_frames`): no output, so it runs whenever it is asked for, and it reads the
+# indexes as they are rather than making them. Refuses while another run may be extracting frames.
+rule clean_frames:
+    params:
+        results=RESULTS,
+    log:
+        f"{RESULTS}/logs/clean_frames.log",
+    message:
+        "Removing frame cache folders that no frame index refers to"
+    localrule: True
+    threads: 1
+    conda:
+        "../envs/vidtune.yaml"
+    script:
+        "../workflow/scripts/clean_frames.py"

@@ -33,6 +33,10 @@ def test_default_config_parses(tmp_path):
     # InternVL and xtuner assert that a repeat_time above 1 is an integer
     (lambda c: c["datasets"]["demo"].update(repeat_time=1.5), "1.5 is not valid under any of the given schemas"),
     (lambda c: c["datasets"]["demo"].update(internvl_video_form="frames"), "'frames' is not one of"),
+    # each format's options are in the schema: a wrong one fails at parse time, naming the key
+    (lambda c: c["datasets"]["demo"].update(options={"caption_feld": "text"}), "'caption_feld' was unexpected"),
+    (lambda c: c["datasets"]["demo"].update(options={"caption_field": 3}),
+     "On instance['datasets']['demo']['options']['caption_field']"),
 ])
 def test_schema_errors_name_the_key(tmp_path, mutate, expected):
     assert expected in dry_run_error(tmp_path, mutate)
@@ -71,3 +75,16 @@ def test_model_folder_with_pickled_weights_only(tmp_path):
     (folder / "pytorch_model.bin").write_bytes(b"\x80\x04")
     message = dry_run_error(tmp_path, lambda c: c["models"].update(real={"path": str(folder)}))
     assert "no .safetensors weights" in message
+
+
+def test_format_options_get_the_schema_defaults(tmp_path):
+    """Parsing fills each format's options from the schema, the one home of their defaults."""
+    from snakemake.utils import validate
+
+    from vidtune.config import SCHEMA_PATH, schema_defaults
+
+    config = copy.deepcopy(load_default_config())
+    config["datasets"]["ego"] = {"format": "ego4d", "root": "ego", "options": {"target": "narrations"}}
+    validate(config, str(SCHEMA_PATH), set_default=True)
+    assert config["datasets"]["demo"]["options"] == schema_defaults("table_options")
+    assert config["datasets"]["ego"]["options"] == {**schema_defaults("ego4d_options"), "target": "narrations"}

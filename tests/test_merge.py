@@ -16,22 +16,18 @@ from transformers import AutoModelForImageTextToText
 from vidtune.errors import ModelError
 from vidtune.merge import merge
 from vidtune.modeling import load_processor
-from vidtune.tiny_model import build_tiny_model, write_synthetic_dataset
+from vidtune.tiny_model import write_synthetic_dataset
 from vidtune.train import read_jsonl, train
 
 torch.set_num_threads(1)
-SETTINGS = {"image_size": 32, "patch_size": 8, "vision_hidden_size": 32, "vision_layers": 1,
-            "text_hidden_size": 32, "text_layers": 1, "seed": 0}
 QUICK = {"max_steps": 3, "learning_rate": 5e-3, "batch_size": 2, "save_steps": 100, "warmup_ratio": 0.0}
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tiny") / "model"
-    build_tiny_model(base, SETTINGS)
+def setup(tiny, tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
     meta = write_synthetic_dataset(data, 4, num_frames=2, size=32, images=1)
-    return base, meta, data, read_jsonl(data / "train.jsonl")
+    return tiny, meta, data, read_jsonl(data / "train.jsonl")
 
 
 @pytest.fixture(scope="module")

@@ -9,27 +9,24 @@ import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import av
 import pytest
 import torch
 
 from vidtune.predict import main, predict_records
-from vidtune.tiny_model import build_tiny_model, synthetic_frames, write_synthetic_dataset
+from vidtune.tiny_model import synthetic_frames, write_synthetic_dataset
 from vidtune.train import read_jsonl, train
 
 torch.set_num_threads(1)
-SETTINGS = {"image_size": 32, "patch_size": 8, "vision_hidden_size": 32, "vision_layers": 1,
-            "text_hidden_size": 64, "text_layers": 2, "seed": 0}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A full finetune that has learnt four captions (full finetuning learns fastest)."""
-    base = tmp_path_factory.mktemp("tiny") / "model"
-    build_tiny_model(base, SETTINGS)
+def trained(tiny, tmp_path_factory):
+    """A full finetune of the shared tiny model that has learnt four captions (full finetuning learns fastest)."""
     data = tmp_path_factory.mktemp("data")
     meta = write_synthetic_dataset(data, 4, num_frames=2, size=32, images=1)
     out = tmp_path_factory.mktemp("run")
-    train(meta, base, out, {"method": "full", "epochs": 80, "learning_rate": 2e-3, "batch_size": 4,
+    train(meta, tiny, out, {"method": "full", "epochs": 80, "learning_rate": 2e-3, "batch_size": 4,
                             "save_steps": 1000, "warmup_ratio": 0.0})
     return out / "final", data, read_jsonl(data / "train.jsonl")
 
@@ -63,16 +60,22 @@ def test_library_batched_and_cli_agree(trained, capsys, tmp_path):
 
 def test_cli_reports_missing_media(trained, capsys, tmp_path):
     model, _, _ = trained
-    assert main(["--model", str(model), "--image", str(tmp_path / "missing.jpg")]) == 1
+    assert main(["--model", str(model), "--image", str(tmp_path / "missing.jpg")]) == 2
     assert "missing.jpg" in capsys.readouterr().err
+
+
+def test_cli_missing_video_is_one_line_not_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "vidtune.predict", "--model", str(tmp_path),
+                             "--video", str(tmp_path / "missing.mp4")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "missing.mp4" in lines[0] and "What to do: check the --video path" in lines[0]
+    assert "Traceback" not in result.stderr
 
 
 def test_cli_video_file(trained, tmp_path):
     """A real video file goes through vidtune.frames with the frame settings stored at training time."""
-    frames_module = pytest.importorskip("vidtune.frames")
-    if not hasattr(frames_module, "sample_frames"):
-        pytest.skip("vidtune.frames.sample_frames not available yet")
-    av = pytest.importorskip("av")
     model, _, records = trained
     video = tmp_path / "clip.mp4"
     with av.open(str(video), "w") as container:

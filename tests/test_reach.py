@@ -114,7 +114,7 @@ def another_value(leaf, current):
     if spec.get("type") == "number":
         return current / 2 if current else 0.5
     if spec.get("type") == "object":
-        return {"id_field": "id"}  # the default, written out: still a change of the options given
+        return {**current, "id_field": "uid"}  # a field the demo lacks, like "id": other options, same samples
     if leaf.path[-1] in ("root", "annotations"):  # the same place, written differently
         return str(Path(current).parent) + "/./" + Path(current).name
     return current + " Be brief."

@@ -16,16 +16,9 @@ from vidtune.modeling import (IGNORE_INDEX, build_messages, collate, encode_samp
                               load_record_media, record_text)
 from vidtune.tiny_model import build_tiny_model, synthetic_frames
 
+from conftest import TRAINING_TEST_MODEL
+
 torch.set_num_threads(1)
-SETTINGS = {"image_size": 32, "patch_size": 8, "vision_hidden_size": 32, "vision_layers": 1,
-            "text_hidden_size": 32, "text_layers": 1, "seed": 3}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    build_tiny_model(folder, SETTINGS)
-    return folder
 
 
 def test_folder_is_a_complete_checkpoint(tiny):
@@ -40,11 +33,11 @@ def test_folder_is_a_complete_checkpoint(tiny):
 
 
 def test_same_settings_same_weights(tiny, tmp_path):
-    build_tiny_model(tmp_path / "again", SETTINGS)
+    build_tiny_model(tmp_path / "again", TRAINING_TEST_MODEL)
     first, second = load_file(tiny / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
     assert first.keys() == second.keys()
     assert all(torch.equal(first[key], second[key]) for key in first)
-    build_tiny_model(tmp_path / "other", {**SETTINGS, "seed": 4})
+    build_tiny_model(tmp_path / "other", {**TRAINING_TEST_MODEL, "seed": 4})
     other = load_file(tmp_path / "other" / "model.safetensors")
     assert not all(torch.equal(first[key], other[key]) for key in first)
 

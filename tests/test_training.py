@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -18,8 +21,8 @@ from safetensors.torch import save_file
 
 from vidtune.errors import DataError, ModelError
 from vidtune.tiny_model import write_synthetic_dataset
-from vidtune.train import (COMPLETE_MARKER, check_weights_changed, deepspeed_config, launch_command,
-                           load_training_items, train)
+from vidtune.train import (COMPLETE_MARKER, ProgressLine, check_weights_changed, deepspeed_config,
+                           launch_command, load_training_items, train)
 
 torch.set_num_threads(1)
 FAST = {"epochs": 4, "learning_rate": 2e-3, "batch_size": 4, "save_steps": 4, "warmup_ratio": 0.0,
@@ -223,3 +226,20 @@ def test_repeat_time_follows_internvl():
     half = repeat_records(records, 0.5, seed=0)
     assert len(half) == 5 and half == repeat_records(records, 0.5, seed=0)
     assert len(repeat_records(records, 1.3, seed=0)) == 13
+
+
+def test_progress_is_a_line_every_few_percent_and_every_record_in_the_log(caplog):
+    """The terminal gets step/total, loss, samples/s and time left every 5%; the log keeps each step."""
+    stream = io.StringIO()
+    progress = ProgressLine(logging.getLogger("test.progress"), stream=stream)
+    args = SimpleNamespace(per_device_train_batch_size=2, gradient_accumulation_steps=2, world_size=1)
+    state = SimpleNamespace(global_step=0, max_steps=900, is_world_process_zero=True)
+    progress.on_train_begin(args, state, None)
+    with caplog.at_level(logging.INFO, logger="test.progress"):
+        for step in range(1, 901):
+            state.global_step = step
+            progress.on_log(args, state, None, logs={"loss": 1.0 / step, "learning_rate": 1e-4, "epoch": step / 90})
+    lines = stream.getvalue().splitlines()
+    assert 19 <= len(lines) <= 21 and lines[-1].startswith("training: step 900/900 (100%), loss 0.0011, ")
+    assert " samples/s, " in lines[0] and lines[0].endswith(" left")
+    assert len([r for r in caplog.records if r.name == "test.progress"]) == 900

@@ -9,6 +9,7 @@ when the workflow is parsed, so a bad config fails before any job starts.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from pathlib import Path
@@ -26,9 +27,36 @@ def _schema() -> dict:
 
 
 def schema_defaults(definition: str) -> dict:
-    """The defaults of one of the schema's definitions (``training``, ``frames``...), one level deep."""
+    """The defaults of one of the schema's definitions (``training``, ``frames``...), one level deep (a copy:
+    the caller may change it)."""
     properties = _schema()["definitions"][definition]["properties"]
-    return {name: spec["default"] for name, spec in properties.items() if "default" in spec}
+    return copy.deepcopy({name: spec["default"] for name, spec in properties.items() if "default" in spec})
+
+
+def options_definition(fmt: str) -> str:
+    """The schema definition of a dataset format's ``options`` (``ego4d_options``, ``table_options``...)."""
+    for rule in _schema()["definitions"]["dataset"]["allOf"]:
+        formats = rule["if"]["properties"]["format"]
+        if fmt in formats.get("enum", [formats.get("const")]):
+            return rule["then"]["properties"]["options"]["$ref"].rsplit("/", 1)[1]
+    raise ConfigError(f"unknown dataset format {fmt!r}")
+
+
+def check_against_schema(value, definition: str, where: str) -> None:
+    """Check a value against one of the schema's definitions, as the workflow does when it is parsed, for
+    library use outside Snakemake: :class:`ConfigError` naming the key (``where`` + its path) at fault."""
+    import jsonschema
+
+    schema = {"definitions": _schema()["definitions"], "$ref": f"#/definitions/{definition}"}
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(value))
+    if error is None:
+        return
+    key = ".".join([where, *map(str, error.absolute_path)])
+    if error.validator == "additionalProperties":
+        known = error.schema.get("properties", {})
+        unknown = sorted(set(error.instance) - set(known))
+        raise ConfigError(f"unknown key {key}.{unknown[0]}", fix=f"use one of: {', '.join(known)}")
+    raise ConfigError(f"{key}: {error.message}", fix="see the key's description in the config schema")
 
 # Dataset formats whose files the workflow generates itself, so they need not exist at parse time.
 GENERATED_FORMATS = {"demo"}

@@ -6,6 +6,13 @@ message a rule prints is enough to act on without reading a traceback.
 
 from __future__ import annotations
 
+import functools
+import sys
+from typing import Callable
+
+# The exit status of a command line stopped by a problem the user can fix (argparse uses it too).
+USAGE_EXIT_STATUS = 2
+
 
 class VidtuneError(Exception):
     """A problem the user can fix: names the file, the record and the fix."""
@@ -50,3 +57,23 @@ class MediaError(VidtuneError):
 
 class ModelError(VidtuneError):
     """A model folder is not a usable model, or a trained/merged model failed its own check."""
+
+
+def command_line(main: Callable[..., int | None]) -> Callable[..., int | None]:
+    """Wrap a command line's ``main``: a :class:`VidtuneError`, or a file that cannot be opened, ends it with
+    one line on standard error naming the file and the fix, and exit status 2, rather than a traceback."""
+
+    @functools.wraps(main)
+    def run(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except VidtuneError as error:
+            message = str(error)
+        except OSError as error:
+            if error.filename is None:  # not about a file the user named: a real fault, keep its traceback
+                raise
+            message = f"{error.filename}: {error.strerror or error}. What to do: check the path"
+        print(f"error: {message}", file=sys.stderr)
+        return USAGE_EXIT_STATUS
+
+    return run

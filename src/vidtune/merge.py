@@ -66,7 +66,7 @@ def merge(base_dir: Path, trained_dir: Path, out_dir: Path, check_records: list[
     if not check_records:
         raise ModelError("no records to check the merge on", file=str(trained_dir),
                          fix="pass a few training or test records")
-    batches = check_batches(processor, check_records, Path(root), int(settings.get("max_dynamic_patch", 6)))
+    batches = check_batches(processor, check_records, Path(root), int(settings["max_dynamic_patch"]))
     is_adapter = (trained_dir / "adapter_config.json").is_file()
     device, _ = job_device(base_dir)
     dtype = checkpoint_dtype(base_dir if is_adapter else trained_dir)

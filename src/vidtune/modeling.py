@@ -21,11 +21,13 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, InternVLCon
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import is_torchvision_available
 
+from vidtune.config import schema_defaults
 from vidtune.errors import DataError, MediaError, ModelError
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+DATASET_DEFAULTS = schema_defaults("dataset")  # the prompt and tiling of a model trained without vidtune
 # Placeholders InternVL's own JSONL uses in the human turn.
 VIDEO_PLACEHOLDER = "<video>"
 IMAGE_PLACEHOLDER = "<image>"
@@ -233,7 +235,8 @@ def _images_kwargs(media_type: str, max_dynamic_patch: int) -> dict:
 
 
 def encode_sample(processor, images: Sequence[Image.Image], prompt: str, target: str | None = None, *,
-                  media_type: str = "video", max_dynamic_patch: int = 6) -> dict[str, torch.Tensor]:
+                  media_type: str = "video",
+                  max_dynamic_patch: int = DATASET_DEFAULTS["max_dynamic_patch"]) -> dict[str, torch.Tensor]:
     """Model inputs for one sample: 1-D input_ids/attention_mask (+labels with a target), pixel_values.
 
     Labels are -100 everywhere but the assistant's answer and the end-of-turn token that closes it.
@@ -414,10 +417,13 @@ def load_adapter_model(base_dir: str | Path, adapter_dir: str | Path, *, trust_r
 
 
 def read_run_settings(*folders: str | Path | None) -> dict:
-    """Prompt and frame settings stored by training (vidtune.json) in the first folder that has them."""
+    """Prompt, frame and tiling settings stored by training (vidtune.json) in the first folder that has them,
+    over the configuration's defaults (all of them for a plain base model)."""
     import json
 
+    settings = {"prompt": DATASET_DEFAULTS["prompt"], "frames": {},
+                "max_dynamic_patch": DATASET_DEFAULTS["max_dynamic_patch"]}
     for folder in folders:
         if folder is not None and (Path(folder) / "vidtune.json").is_file():
-            return json.loads((Path(folder) / "vidtune.json").read_text(encoding="utf-8"))
-    return {"prompt": "Describe the video.", "frames": {}, "max_dynamic_patch": 6}
+            return {**settings, **json.loads((Path(folder) / "vidtune.json").read_text(encoding="utf-8"))}
+    return settings

@@ -24,7 +24,7 @@ import torch
 
 from vidtune.config import schema_defaults
 from vidtune.atomic import write_jsonl
-from vidtune.errors import VidtuneError
+from vidtune.errors import VidtuneError, command_line
 from vidtune.modeling import (collate, encode_sample, job_device, load_adapter_model, load_images, load_model,
                               load_processor, load_record_media, move_batch, read_run_settings,
                               record_media_paths, record_text)
@@ -55,7 +55,7 @@ class Predictor:
     def answer(self, samples: Sequence[tuple[list, str, str]]) -> list[str]:
         """Greedy (unless configured otherwise) answers for (images, prompt, media_type) samples."""
         tokenizer = self.processor.tokenizer
-        max_dynamic_patch = int(self.settings.get("max_dynamic_patch", 6))
+        max_dynamic_patch = int(self.settings["max_dynamic_patch"])
         answers: list[str] = []
         size = self.evaluation["batch_size"]
         for start in range(0, len(samples), size):
@@ -110,6 +110,7 @@ def video_frames(path: Path, frames_config: dict) -> list:
     return sample_frames(path, FrameSettings.from_config(frames_config))
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vidtune.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, type=Path, help="base or merged model folder")
@@ -126,26 +127,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.jsonl and not args.out:
         parser.error("--jsonl needs --out")
     evaluation = {"max_new_tokens": args.max_new_tokens}
-    try:
-        if args.jsonl:
-            records = [json.loads(line) for line in args.jsonl.read_text(encoding="utf-8").splitlines()
-                       if line.strip()]
-            predictions = predict_records(args.model, records, args.root or args.jsonl.parent, evaluation,
-                                          args.adapter)
-            write_jsonl(args.out, predictions)
-            print(f"{len(predictions)} predictions written to {args.out}")
-            return 0
-        predictor = Predictor(args.model, args.adapter, evaluation)
-        prompt = args.prompt or predictor.settings.get("prompt", "Describe the video.")
-        if args.video:
-            sample = (video_frames(args.video, predictor.settings.get("frames", {})), prompt, "video")
-        else:
-            sample = (load_images([args.image], str(args.image)), prompt, "image")
-        print(predictor.answer([sample])[0])
+    for flag, path in (("--video", args.video), ("--image", args.image), ("--jsonl", args.jsonl)):
+        if path is not None and not path.exists():  # before the model loads, which can take minutes
+            raise VidtuneError("no such file or folder", file=path, fix=f"check the {flag} path")
+    if args.jsonl:
+        records = [json.loads(line) for line in args.jsonl.read_text(encoding="utf-8").splitlines()
+                   if line.strip()]
+        predictions = predict_records(args.model, records, args.root or args.jsonl.parent, evaluation,
+                                      args.adapter)
+        write_jsonl(args.out, predictions)
+        print(f"{len(predictions)} predictions written to {args.out}")
         return 0
-    except VidtuneError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    predictor = Predictor(args.model, args.adapter, evaluation)
+    prompt = args.prompt or predictor.settings["prompt"]
+    if args.video:
+        sample = (video_frames(args.video, predictor.settings["frames"]), prompt, "video")
+    else:
+        sample = (load_images([args.image], str(args.image)), prompt, "image")
+    print(predictor.answer([sample])[0])
+    return 0
 
 
 if __name__ == "__main__":

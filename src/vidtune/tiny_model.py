@@ -297,7 +297,7 @@ def synthetic_captions(count: int) -> list[tuple[str, str, str]]:
 
 
 def write_synthetic_dataset(folder: Path, count: int = 8, num_frames: int = 4, size: int = 64,
-                            prompt: str = "Describe the video.", images: int = 0) -> Path:
+                            prompt: str = schema_defaults("dataset")["prompt"], images: int = 0) -> Path:
     """An InternVL-format dataset (frame folders + JSONL + meta.json) of moving shapes; returns meta.json.
 
     ``images`` of the samples (the last ones) are single images instead of frame folders.

@@ -28,11 +28,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
 from transformers.integrations import TensorBoardCallback
 
 from vidtune.atomic import atomic_dir, dumps_json, write_json
 from vidtune.config import schema_defaults
-from vidtune.errors import ConfigError, DataError, ModelError
+from vidtune.errors import ConfigError, DataError, ModelError, command_line
 from vidtune.modeling import (build_messages, collate, encode_sample, load_images, load_model, load_processor,
                               record_media_paths, record_text)
 
@@ -183,7 +184,7 @@ def load_training_items(meta_path: Path, processor, settings: dict, log: logging
     for name, entry in read_meta(meta_path).items():
         annotation = _resolve(entry["annotation"], meta_path.parent)
         root = _resolve(entry.get("root", "."), meta_path.parent)
-        max_dynamic_patch = int(entry.get("max_dynamic_patch", 6))
+        max_dynamic_patch = int(entry.get("max_dynamic_patch", schema_defaults("dataset")["max_dynamic_patch"]))
         records = repeat_records(read_jsonl(annotation), float(entry.get("repeat_time", 1)), settings["seed"])
         entry_settings = {"prompt": DEFAULT_PROMPT, "frames": {}, **entry.get("data_settings", {}),
                           "max_dynamic_patch": max_dynamic_patch}
@@ -486,6 +487,40 @@ class CheckpointCallback(TrainerCallback):
             (folder / COMPLETE_MARKER).write_text(f"{state.global_step}\n")
 
 
+class ProgressLine(TrainerCallback):
+    """A line on the terminal every ``every_percent`` of the steps (step/total, loss, samples/s, time left), and
+    every record the Trainer logs, in full, in the log: in place of the Trainer's one printed dict per step."""
+
+    def __init__(self, log: logging.Logger, every_percent: int = 5, stream=None):
+        self.log, self.every_percent, self.stream = log, every_percent, stream
+        self._next_percent, self._started, self._first_step = 0, 0.0, 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._started, self._first_step = time.perf_counter(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        self.log.info("step %d/%d: %s", state.global_step, state.max_steps, json.dumps(logs))
+        percent = 100 * state.global_step // max(state.max_steps, 1)
+        if "loss" not in logs or (percent < self._next_percent and state.global_step < state.max_steps):
+            return
+        self._next_percent = (percent // self.every_percent + 1) * self.every_percent
+        seconds = time.perf_counter() - self._started
+        steps_per_s = (state.global_step - self._first_step) / seconds if seconds > 0 else 0.0
+        samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        left = (state.max_steps - state.global_step) / steps_per_s if steps_per_s else 0.0
+        print(f"training: step {state.global_step}/{state.max_steps} ({percent}%), loss {logs['loss']:.4f}, "
+              f"{steps_per_s * samples_per_step:.1f} samples/s, {_duration(left)} left",
+              file=self.stream or sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
 # --- Training ----------------------------------------------------------------------------------------------
 
 def _logger(log) -> logging.Logger:
@@ -611,11 +646,12 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, training: dict, trust
 
     collator = CountingCollator(processor.tokenizer.pad_token_id)
     checkpointing = CheckpointCallback()
-    callbacks = [checkpointing]
+    callbacks = [checkpointing, ProgressLine(log)]
     if args.process_index == 0:
         callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(out_dir / "runs"))))
     trainer = Trainer(model=model, args=args, train_dataset=EncodedDataset(items, processor),
                       data_collator=collator, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # one dict per step on the terminal; ProgressLine instead
     restore_signals = _install_signal_handlers(checkpointing.handle_signal)
     started = time.perf_counter()
     try:
@@ -710,6 +746,7 @@ def plot_loss(history: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+@command_line
 def main(argv: list[str] | None = None) -> None:
     """``python -m vidtune.train``: one training process; torchrun starts one per GPU (see launch)."""
     parser = argparse.ArgumentParser(prog="python -m vidtune.train", description=main.__doc__)
@@ -725,4 +762,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,5 @@
-"""What every adapter shares: typed options, annotation loading with file-and-line errors, reject reasons.
+"""What every adapter shares: typed options (defaults and checks in the config schema), annotation loading
+with file-and-line errors, reject reasons.
 
 An adapter only parses its format into :class:`~vidtune.samples.Sample` records (media paths as the
 annotations write them, relative to the dataset root) and :class:`~vidtune.samples.Reject` records for
@@ -12,19 +13,18 @@ rejects by class.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import re
-import types
-import typing
 from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
+from vidtune.config import check_against_schema, options_definition, schema_defaults
 from vidtune.errors import ConfigError, DataError, MediaError
 from vidtune.rejects import reason  # noqa: F401 - the adapters import it from here
 from vidtune.samples import SPLITS, Reject, Sample
 
 OptionsT = TypeVar("OptionsT")
+DEFAULT_PROMPT = schema_defaults("dataset")["prompt"]
 
 # Official split names as published datasets spell them.
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -32,69 +32,14 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
 
 
 def parse_options(name: str, cfg: dict, options_type: type[OptionsT]) -> OptionsT:
-    """Build a format's options dataclass from ``cfg["options"]``, naming the key of any mistake."""
-    raw = cfg.get("options") or {}
-    fields = {f.name: f for f in dataclasses.fields(options_type)}
-    hints = typing.get_type_hints(options_type)
-    values = {}
-    for key, value in raw.items():
-        where = f"datasets.{name}.options.{key}"
-        if key not in fields:
-            raise ConfigError(f"unknown option {where} for format {cfg.get('format')!r}",
-                              fix=f"use one of: {', '.join(sorted(fields))}")
-        if not _matches(value, hints[key]):
-            raise ConfigError(f"{where} is {value!r}, which is not of type {_type_name(hints[key])}",
-                              fix="see docs/datasets.md for the option's type")
-        values[key] = _normalise(value, hints[key])
-    options = options_type(**values)
-    check = getattr(options, "check", None)
-    if check:
-        problem = check()
-        if problem:
-            key, message = problem
-            raise ConfigError(f"datasets.{name}.options.{key} {message}")
-    return options
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
-    if origin in (list, tuple):
-        (item, *_) = typing.get_args(hint) or (Any,)
-        return isinstance(value, (list, tuple)) and all(_matches(v, item) for v in value)
-    if origin is dict:
-        key_hint, value_hint = typing.get_args(hint)
-        return isinstance(value, dict) and all(
-            _matches(k, key_hint) and _matches(v, value_hint) for k, v in value.items())
-    if hint is Any:
-        return True
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _normalise(value: Any, hint: Any) -> Any:
-    """Lists become tuples and ints become floats where the dataclass says so (options stay hashable)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return value if value is None or len(args) != 1 else _normalise(value, args[0])
-    if origin is tuple and isinstance(value, list):
-        return tuple(value)
-    if hint is float and isinstance(value, int):
-        return float(value)
-    return value
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    """The format's options dataclass: ``cfg["options"]`` over the schema's defaults, checked against the
+    schema as the workflow does at parse time (a mistake names ``datasets.<name>.options.<key>``)."""
+    definition = options_definition(cfg["format"])
+    given = cfg.get("options") or {}
+    check_against_schema(given, definition, f"datasets.{name}.options")
+    values = {**schema_defaults(definition), **given}
+    return options_type(**{key: tuple(value) if isinstance(value, list) else value
+                           for key, value in values.items()})
 
 
 def annotation_file(name: str, cfg: dict, defaults_under_root: tuple[str, ...] = ()) -> Path:
@@ -243,7 +188,7 @@ def sample(name: str, cfg: dict, local_id: str, *, media_path: str, target: str,
     """One canonical sample with the defaults every format shares (id, prompt, references, group)."""
     return Sample(
         sample_id=f"{name}/{local_id}", dataset=name, media_type=media_type, media_path=media_path,
-        prompt=prompt if prompt else cfg.get("prompt", "Describe the video."), target=target,
+        prompt=prompt if prompt else cfg.get("prompt", DEFAULT_PROMPT), target=target,
         references=references if references else (target,),
         group_key=group_key if group_key else media_path, source=source, **fields)
 

@@ -25,16 +25,20 @@ from typing import Iterator
 
 from vidtune.adapters.base import iter_jsonl, load_json, option_file, parse_options, reason, sample, shape_error
 from vidtune.adapters.table import TableOptions, record_sample
+from vidtune.config import schema_defaults
 from vidtune.samples import Reject, Sample
 
 _IMAGE_ID = re.compile(r"(\d+)\.[A-Za-z]+$")
+TRAIN_FIELDS = TableOptions(**schema_defaults("table_options"))  # the training JSONL is InternVL's own
 
 
 @dataclasses.dataclass(frozen=True)
 class CocoOptions:
-    train_file: str | None = "annotations/coco_karpathy_train_567k.jsonl"
-    test_file: str | None = "annotations/coco_karpathy_test.json"
-    test_gt_file: str = "annotations/coco_karpathy_test_gt.json"
+    """The config schema's coco_options (descriptions and defaults there)."""
+
+    train_file: str | None
+    test_file: str | None
+    test_gt_file: str
 
 
 def image_id(path: str) -> int:
@@ -60,7 +64,7 @@ def _train(name: str, cfg: dict, path: Path) -> Iterator[Sample | Reject]:
         if isinstance(row, dict):
             row = {key: value for key, value in row.items() if key != "id"}  # ids are per line, not stable
         parsed.append(row if isinstance(row, Reject) else
-                      record_sample(name, cfg, TableOptions(), path, label, row))
+                      record_sample(name, cfg, TRAIN_FIELDS, path, label, row))
     captions: dict[int, list[str]] = defaultdict(list)
     keyed: list[tuple[Sample | Reject, int | None]] = []
     for item in parsed:

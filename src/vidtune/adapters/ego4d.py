@@ -37,21 +37,14 @@ NARRATION_FILES = ("v2/annotations/narration.json", "annotations/narration.json"
 
 @dataclasses.dataclass(frozen=True)
 class Ego4dOptions:
-    target: Literal["summaries", "narrations", "summary_file"] = "summaries"
-    narration_window_s: float = 4.0
-    passes: tuple[str, ...] = ("narration_pass_1", "narration_pass_2")
-    metadata: str | None = None  # default: the first of METADATA_FILES that exists
-    summary_file: str = "summaries.json"
-    video_dirs: tuple[str, ...] = ("v2/full_scale", "v1/full_scale")
+    """The config schema's ego4d_options (descriptions, defaults and checks there)."""
 
-    def check(self) -> tuple[str, str] | None:
-        if self.narration_window_s <= 0:
-            return "narration_window_s", "must be greater than 0"
-        if not self.passes:
-            return "passes", "must name at least one narration pass"
-        if not self.video_dirs:
-            return "video_dirs", "must name at least one folder"
-        return None
+    target: Literal["summaries", "narrations", "summary_file"]
+    narration_window_s: float
+    passes: tuple[str, ...]
+    metadata: str | None  # None: the first of METADATA_FILES that exists
+    summary_file: str
+    video_dirs: tuple[str, ...]
 
 
 # Speaker tags: "#C" is the camera wearer, "#O" another person; only whole "#C"/"#O" tokens are tags,

@@ -39,8 +39,6 @@ from vidtune.adapters.base import (as_float, container_duration, iter_csv, iter_
 from vidtune.errors import MediaError
 from vidtune.samples import Reject, Sample
 
-DEFAULT_FIELDS = ("caption", "event_type", "rule_violations", "intended_driving_action",
-                  "traffic_density", "visibility")
 DEFAULT_ALIASES = {
     "file_name": ["video", "video_path", "file"],
     "intended_driving_action": ["intended_action", "driving_action"],
@@ -54,21 +52,16 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class NexarOptions:
-    layout: Literal["auto", "metadata", "competition"] = "auto"
-    metadata_file: str = "dataset/metadata.jsonl"
-    fields: tuple[str, ...] = DEFAULT_FIELDS
-    aliases: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-    split: str = "train"
-    window_s: float = 5.0
-    id_width: int = 5
-    metadata_fields: tuple[str, ...] = ("light_conditions", "weather", "scene")
+    """The config schema's nexar_options (descriptions, defaults and checks there)."""
 
-    def check(self) -> tuple[str, str] | None:
-        if self.window_s <= 0:
-            return "window_s", "must be greater than 0"
-        if not self.fields:
-            return "fields", "must name at least one field"
-        return None
+    layout: Literal["auto", "metadata", "competition"]
+    metadata_file: str
+    fields: tuple[str, ...]
+    aliases: dict[str, list[str]]
+    split: str
+    window_s: float
+    id_width: int
+    metadata_fields: tuple[str, ...]
 
     def names(self, field: str) -> list[str]:
         """The field's own name, then the user's aliases, then the built-in ones."""

@@ -32,15 +32,17 @@ from vidtune.samples import Reject, Sample
 
 @dataclasses.dataclass(frozen=True)
 class QevdOptions:
-    layout: Literal["auto", "fine_grained", "ground_truth"] = "auto"
-    target: Literal["labels_descriptive", "labels", "feedbacks"] = "labels_descriptive"
-    labels_file: str = "fine_grained_labels.json"
-    feedbacks_file: str = "feedbacks_short_clips.json"
-    feedbacks_key: str = "feedbacks"
-    ground_truth_file: str = "dataset/ground_truth.json"
-    manifest_file: str = "dataset/manifest.json"
-    videos_dir: str = ""
-    separator: str = " "
+    """The config schema's qevd_options (descriptions, defaults and checks there)."""
+
+    layout: Literal["auto", "fine_grained", "ground_truth"]
+    target: Literal["labels_descriptive", "labels", "feedbacks"]
+    labels_file: str
+    feedbacks_file: str
+    feedbacks_key: str
+    ground_truth_file: str
+    manifest_file: str
+    videos_dir: str
+    separator: str
 
 
 def read(name: str, cfg: dict) -> Iterator[Sample | Reject]:

@@ -17,21 +17,21 @@ _PLACEHOLDER = re.compile(r"<(video|image)>\s*")
 
 @dataclasses.dataclass(frozen=True)
 class TableOptions:
-    """Which field holds what. A record needs a video or an image, and a caption or a conversation."""
+    """Which field holds what (the config schema's table_options: descriptions and defaults)."""
 
-    id_field: str = "id"
-    video_field: str = "video"
-    image_field: str = "image"
-    caption_field: str = "caption"
-    prompt_field: str = "prompt"
-    conversations_field: str = "conversations"
-    start_field: str = "start"
-    end_field: str = "end"
-    clip_field: str = "clip"
-    references_field: str = "references"
-    split_field: str = "split"
-    group_field: str = "group"
-    duration_field: str = "duration"
+    id_field: str
+    video_field: str
+    image_field: str
+    caption_field: str
+    prompt_field: str
+    conversations_field: str
+    start_field: str
+    end_field: str
+    clip_field: str
+    references_field: str
+    split_field: str
+    group_field: str
+    duration_field: str
 
 
 def _present(row: dict, key: str) -> bool:
