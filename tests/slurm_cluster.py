@@ -134,7 +134,7 @@ class SlurmCluster:
 
     def jobs(self) -> list[dict[str, str]]:
         """Every job of this cluster as slurmdbd recorded it (allocations only, no steps)."""
-        fields = "JobID,JobName,State,ExitCode,Partition,Account,ReqTRES,AllocTRES,Comment,WorkDir"
+        fields = "JobID,JobName,State,ExitCode,Partition,Account,ReqTRES,AllocTRES,Comment,WorkDir,NodeList"
         output = self.command("sacct", "-X", "--allusers", "--parsable2", f"--format={fields}",
                               "--starttime", "now-1days", "--endtime", "now")
         return list(csv.DictReader(output.splitlines(), delimiter="|"))

@@ -100,9 +100,14 @@ def test_both_nodes_trained(two_nodes, slurm_nodes):  # noqa: F811
     log = workflow.path(TRAIN_LOG).read_text()
     assert "launching 2 training processes (1 per node on 2 nodes)" in log
     assert "--nnodes=2" in log and "--rdzv_endpoint=vt-node1:" in log
-    # srun --label: the Trainer's loss lines from task 0 (vt-node1) and from task 1 (vt-node2).
+    # srun --label: each task (one per node) says which training process it runs; rank 0 reports progress.
+    ranks = set()
     for task in (0, 1):
-        assert re.search(rf"\| {task}: {{'loss': ", log), log[-3000:]
+        found = re.findall(rf"\| {task}: training process (\d) of 2 on vt-node{task + 1}\b", log)
+        assert len(found) == 1, log[-3000:]
+        ranks |= set(found)
+    assert ranks == {"0", "1"}
+    assert re.search(r"\| \d: training: step \d+/\d+ \(100%\), loss ", log), log[-3000:]
     print(f"two-node train job: {seconds:.0f} s")
 
 
@@ -216,3 +221,36 @@ def test_stop_signal_and_lost_node_resume_from_the_last_complete_checkpoint(slur
     assert summary["resumed_from"]["checkpoint"] == f"checkpoint-{complete[-1]}", summary["resumed_from"]
     assert summary["resumed_from"]["optimizer_step"] == complete[-1]
     assert summary["steps"] == steps and summary["steps_this_run"] == steps - complete[-1]
+
+
+def test_prediction_shards_spread_over_both_nodes(slurm_nodes, demo_inputs, tmp_path_factory):  # noqa: F811
+    """Base predictions cut into 4 shards, each a SLURM job asking for one GPU: the jobs fill both nodes
+    (two GPUs each), and the joined file equals the one-shard prediction made locally."""
+    def with_evaluation(folder: str, shards: int) -> Workflow:
+        workflow = demo_inputs.copy(tmp_path_factory.mktemp(folder) / "work")
+        config = copy.deepcopy(workflow.config)
+        config["runs"]["demo"]["evaluation"].update({"shards": shards, "gpus": 1})
+        workflow.write_config(config)
+        return workflow
+
+    local = with_evaluation("one-shard", 1)
+    joined = base_predictions(local)
+    local.snakemake(joined)
+    spread = with_evaluation("four-shards", 4)
+    submit(spread, slurm_nodes, joined)
+    jobs = [job for job in jobs_of(slurm_nodes, spread.workdir) if job["rule"] == "predict_base"]
+    assert len(jobs) == 4 and all(job["State"] == "COMPLETED" for job in jobs), jobs
+    assert {job["NodeList"] for job in jobs} == {"vt-node1", "vt-node2"}, jobs
+    assert spread.path(joined).read_bytes() == local.path(joined).read_bytes()
+
+
+def base_predictions(workflow: Workflow) -> str:
+    """The joined base predictions the run's evaluation settings name (shared by runs with the same ones)."""
+    from snakemake.utils import validate
+
+    from vidtune.prediction_shards import evaluation_key
+
+    config = copy.deepcopy(workflow.config)
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"), set_default=True)
+    run = config["runs"]["demo"]
+    return f"results/predictions/base/{run['model']}/{evaluation_key(run['datasets'], run['evaluation'])}.jsonl"

@@ -18,6 +18,7 @@ import random
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -605,6 +606,10 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, training: dict, trust
     Resumes from the newest complete checkpoint in out_dir/checkpoints when there is one. Returns the summary.
     """
     log = _logger(log)
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size > 1:  # every process says where it runs (its logger reports warnings only)
+        print(f"training process {os.environ.get('RANK', 0)} of {world_size} on {socket.gethostname()}",
+              flush=True)
     settings = training_settings(training)
     out_dir, model_dir = Path(out_dir), Path(model_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
