@@ -228,7 +228,7 @@ def test_stop_signal_reaches_every_process(tiny, data, tmp_path):
     # checkpoint, and exit.
     _, meta = data
     out, log_file = tmp_path / "train", tmp_path / "train.log"
-    training = {**QUICK, "batch_size": 2, "gpus": 2, "epochs": 100}
+    training = {**QUICK, "batch_size": 2, "gpus": 2, "epochs": 5000}  # far more than the signal lets it run
     job = subprocess.Popen([sys.executable, "-c", LAUNCH, str(meta), str(tiny), str(out), str(log_file),
                             json.dumps(training)], env={**os.environ, "OMP_NUM_THREADS": "1"})
     marker = out / "checkpoints" / "checkpoint-2" / COMPLETE_MARKER

@@ -186,7 +186,9 @@ def test_stop_signal_and_lost_node_resume_from_the_last_complete_checkpoint(slur
 
     def training_on_both_nodes() -> bool:
         text = log.read_text() if log.exists() else ""
-        return "| 0: {'loss'" in text and "| 1: {'loss'" in text
+        # Both processes started, and the first step (all-reduced over both) is done.
+        return all(f"| {task}: training process" in text for task in (0, 1)) and \
+            re.search(r'\| \d: .*step \d+/\d+: \{"loss"', text) is not None
 
     def signal_steps() -> None:
         [job] = [job for job in jobs_of(slurm_nodes, workflow.workdir) if job["State"] == "RUNNING"]

@@ -10,6 +10,7 @@ the DAG cost seconds instead of most of a minute.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import textwrap
 from collections import Counter
@@ -49,9 +50,11 @@ def key_shape(value):
 
 def result_files(workflow: Workflow) -> set[str]:
     """Paths of the results a later step or a user reads (not training checkpoints or TensorBoard events,
-    whose names carry steps, hosts and times)."""
+    whose names carry steps, hosts and times). Base predictions are named for their settings, which here
+    differ in the device (a GPU job's answers are stored apart from a CPU job's): that part is left out."""
     root = workflow.path("results")
-    return {str(path.relative_to(root)) for path in root.rglob("*")
+    return {re.sub(r"(predictions/base/[^/]+/)[^/.]+", r"\1<settings>", str(path.relative_to(root)))
+            for path in root.rglob("*")
             if path.is_file() and "checkpoints" not in path.parts and "events.out.tfevents" not in path.name}
 
 
