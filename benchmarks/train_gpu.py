@@ -1,164 +1,107 @@
-"""Training speed and memory of an InternVL3-8B-shaped model: LoRA in bf16 and QLoRA (4-bit nf4).
+"""The workflow's own training step and prediction at the InternVL3-8B shape: LoRA bf16, QLoRA, predict.
 
-The model is built from InternVL3-8B-hf's published configuration with random weights (speed and memory
-don't depend on the values), saved once, and loaded through vidtune's own training setup
-(:func:`vidtune.train.prepare_model`: the same LoRA targets, projector, quantisation and checkpointing as a
-run). Each step is one micro-batch of samples with ``--frames`` frames (256 visual tokens each).
+The model is the workflow's ``architecture: {name: internvl3-8b}`` (published configuration, random weights:
+speed and memory don't depend on the values), saved once as the build rule saves it. Training runs
+``python -m vidtune.train``, the code ``snakemake train_all`` runs (vidtune.train.train: the Trainer, the same
+LoRA targets, projector, quantisation, bf16 and gradient checkpointing), one process per method so each
+peak is its own, on a synthetic dataset of 448-pixel clips with ``--frames`` frames (256 visual tokens
+each). Prediction runs vidtune.predict.predict_records, the predict rule's code, on the base model.
 
-    python benchmarks/train_gpu.py                 # on a GPU machine
-    python benchmarks/train_gpu.py --tiny          # CPU smoke check with the tiny model's shape
+    python benchmarks/train_gpu.py                 # on a GPU machine (about 5 minutes on one H100/H200)
+    python benchmarks/train_gpu.py --small         # CPU smoke check: InternVL3-1B shape, 2 text layers
 
-Prints step time, tokens/s and peak memory per method; the last line is one JSON object with
-``lora_bf16_peak_gib``, ``qlora_peak_gib``, ``lora_bf16_tokens_per_s``, ``qlora_tokens_per_s`` (and more).
-Anchors: ms-swift reports InternVL3-8B LoRA bf16 at 24 GiB on one GPU; axolotl reports InternVL3.5-8B QLoRA
-at about 8.2 GiB (r32, seq 2048, micro-batch 2).
+The last line is one JSON object with ``lora_bf16_peak_gib``, ``qlora_peak_gib``, ``lora_bf16_tokens_per_s``,
+``qlora_tokens_per_s`` and ``predict_samples_per_s`` (peaks are CUDA max-allocated; on the CPU, max RSS).
+Anchors to beat: ms-swift reports InternVL3-8B LoRA at 24 GiB on one GPU; axolotl reports InternVL3.5-8B
+QLoRA at about 8.2 GiB (seq 2048, micro-batch 2; here ~2,100 tokens per sample at 8 frames, micro-batch 2).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import logging
+import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import torch  # noqa: E402
 
-from transformers import InternVLConfig, InternVLForConditionalGeneration, Qwen2Config  # noqa: E402
-from transformers.models.internvl.configuration_internvl import InternVLVisionConfig  # noqa: E402
+from vidtune.predict import predict_records  # noqa: E402
+from vidtune.tiny_model import build_architecture_model, write_synthetic_dataset  # noqa: E402
+from vidtune.train import read_jsonl  # noqa: E402
 
-from vidtune.modeling import collate, encode_sample  # noqa: E402
-from vidtune.tiny_model import build_processor, build_tiny_model, build_tokenizer, synthetic_frames  # noqa: E402
-from vidtune.train import prepare_model, training_settings  # noqa: E402
-
-# OpenGVLab/InternVL3-8B-hf config.json: InternViT-300M (448 px, patch 14) + Qwen2.5-7B.
-INTERNVL3_8B_VISION = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
-                       "intermediate_size": 4096, "image_size": 448, "patch_size": 14, "attention_bias": True,
-                       "norm_type": "layer_norm", "layer_norm_eps": 1e-6, "layer_scale_init_value": 0.1,
-                       "use_mean_pooling": True, "hidden_act": "gelu"}
-INTERNVL3_8B_TEXT = {"vocab_size": 151674, "hidden_size": 3584, "intermediate_size": 18944,
-                     "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
-                     "max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
-                     "hidden_act": "silu", "tie_word_embeddings": False}
-TINY = {"image_size": 64, "patch_size": 8, "vision_hidden_size": 64, "vision_layers": 2, "text_hidden_size": 64,
-        "text_layers": 2, "seed": 0}
+SMALL = {"name": "internvl3-1b", "text_layers": 2, "vision_layers": 1, "vocab_size": 4096}
 
 
-def build_8b(folder: Path, device: str) -> int:
-    """Save a random-weight InternVL3-8B-shaped checkpoint (bf16) with a processor; returns tokens per tile."""
-    tokenizer = build_tokenizer()
-    config = InternVLConfig(
-        vision_config=InternVLVisionConfig(**INTERNVL3_8B_VISION), text_config=Qwen2Config(**INTERNVL3_8B_TEXT),
-        downsample_ratio=0.5, image_token_id=tokenizer.context_image_token_id, image_seq_length=256,
-        tie_word_embeddings=False)
-    with torch.device(device):
-        model = InternVLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
-    model.save_pretrained(folder, safe_serialization=True)
-    del model
-    gc.collect()
-    settings = {"image_size": 448, "patch_size": 14}
-    build_processor(settings, tokenizer).save_pretrained(folder)
-    return 256
-
-
-def batch_for(folder: Path, frames: int, batch_size: int, device: str, dtype: torch.dtype) -> dict:
-    from vidtune.modeling import load_processor
-
-    processor = load_processor(folder)
-    size = processor.image_processor.size["height"]
-    samples = [encode_sample(processor, synthetic_frames("red", "circle", "left", frames, size),
-                             "Describe the video.", "a red circle moves left", media_type="video")
-               for _ in range(batch_size)]
-    batch = collate(samples, processor.tokenizer.pad_token_id)
-    batch = {key: value.to(device) for key, value in batch.items()}
-    batch["pixel_values"] = batch["pixel_values"].to(dtype)
-    return batch
-
-
-def run_method(folder: Path, method: str, args, device: str) -> dict:
-    cuda = device == "cuda"
-    settings = training_settings({"method": method, "bf16": "true" if cuda else "false",
-                                  "gradient_checkpointing": True,
-                                  "lora": {"rank": args.rank, "alpha": 2 * args.rank, "dropout": 0.05}})
-    log = logging.getLogger("benchmark")
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    model = prepare_model(folder, settings, False, log)
-    if method == "lora":
-        model.to(device)
-    model.train()
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    model.enable_input_require_grads()
-    dtype = torch.bfloat16 if cuda else torch.float32
-    batch = batch_for(folder, args.frames, args.batch_size, device, dtype)
-    tokens = int(batch["attention_mask"].sum())
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=1e-5)
-    times = []
-    for step in range(args.warmup + args.steps):
-        started = time.perf_counter()
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cuda):
-            loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
-        if step >= args.warmup:
-            times.append(time.perf_counter() - started)
-    step_s = sum(times) / len(times)
-    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None
-    result = {"step_s": step_s, "tokens_per_step": tokens, "tokens_per_s": tokens / step_s, "peak_gib": peak,
-              "trainable_params": sum(p.numel() for p in parameters), "loss": float(loss.detach())}
-    print(f"{method:5s}: {step_s * 1000:8.1f} ms/step, {tokens} tokens/step, {result['tokens_per_s']:9.1f} "
-          f"tokens/s, peak {'n/a (CPU)' if peak is None else f'{peak:.2f} GiB'}, "
-          f"{result['trainable_params']:,} trainable", flush=True)
-    del model, optimizer, batch
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
-    return result
+def train_method(meta: Path, model: Path, out: Path, method: str, args, cuda: bool) -> dict:
+    """One training in its own process, exactly as the train rule runs it; returns train_summary.json."""
+    training = {"method": method, "bf16": "true" if cuda else "false", "gradient_checkpointing": True,
+                "batch_size": args.batch_size, "max_steps": args.steps, "save_steps": 10 ** 6,
+                "warmup_ratio": 0.0, "learning_rate": 1e-5, "logging_steps": 1,
+                "lora": {"rank": args.rank, "alpha": 2 * args.rank, "dropout": 0.05}}
+    command = [sys.executable, "-m", "vidtune.train", "--meta", str(meta), "--model", str(model), "--out",
+               str(out), "--training", json.dumps(training), "--log", str(out.with_suffix(".log"))]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    summary = json.loads((out / "train_summary.json").read_text())
+    log = out.with_suffix(".log").read_text()
+    device = "cuda" if "training on cuda" in log else "cpu"
+    print(f"{method:5s}: {summary['train_seconds'] / summary['steps'] * 1000:8.1f} ms/step over {summary['steps']} "
+          f"steps, {summary['tokens_per_s']:9.1f} tokens/s, peak {summary['peak_memory_gib']:.2f} GiB "
+          f"({summary['peak_memory_kind']}), {summary['trainable_params']:,} trainable, on {device}, "
+          f"{time.perf_counter() - started:.0f} s with loading", flush=True)
+    return {**summary, "device": device}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="CPU smoke check with the tiny model's shape")
+    parser.add_argument("--small", action="store_true", help="CPU smoke check at the InternVL3-1B shape, 2 layers")
     parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--workdir", type=Path, help="where to write the random checkpoint (default: a temp dir)")
+    parser.add_argument("--steps", type=int, default=8, help="training steps per method (the first included)")
+    parser.add_argument("--predict-samples", type=int, default=32)
+    parser.add_argument("--workdir", type=Path, help="where to write the checkpoint and data (default: a temp dir)")
     args = parser.parse_args(argv)
-    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
-    if device == "cpu" and not args.tiny:
-        parser.error("no CUDA GPU here: use --tiny for a CPU smoke check")
-    if args.tiny:
-        torch.set_num_threads(1)
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.small:
+        parser.error("no CUDA GPU here: use --small for a CPU smoke check")
+    architecture = SMALL if args.small else {"name": "internvl3-8b"}
     with tempfile.TemporaryDirectory(dir=args.workdir) as temp:
-        folder = Path(temp) / "model"
+        work = Path(temp)
         started = time.perf_counter()
-        if args.tiny:
-            build_tiny_model(folder, TINY)
-        else:
-            build_8b(folder, device)
-        print(f"built {'tiny' if args.tiny else 'InternVL3-8B-shaped'} model in {time.perf_counter() - started:.1f} s",
-              flush=True)
-        lora = run_method(folder, "lora", args, device)
-        qlora = run_method(folder, "qlora", args, device)
-    summary = {"model": "tiny" if args.tiny else "InternVL3-8B-shaped", "device": torch.cuda.get_device_name()
-               if device == "cuda" else "cpu", "frames": args.frames, "batch_size": args.batch_size,
-               "lora_rank": args.rank, "gradient_checkpointing": True,
-               "lora_bf16_peak_gib": lora["peak_gib"], "qlora_peak_gib": qlora["peak_gib"],
+        build_architecture_model(work / "model", architecture, device="cuda" if cuda else "cpu")
+        if cuda:
+            torch.cuda.empty_cache()
+        print(f"built the {architecture['name']}-shaped model in {time.perf_counter() - started:.1f} s", flush=True)
+        count = max(args.batch_size * args.steps, args.predict_samples)
+        meta = write_synthetic_dataset(work / "data", min(count, 24), num_frames=args.frames, size=448)
+        lora = train_method(meta, work / "model", work / "lora", "lora", args, cuda)
+        qlora = train_method(meta, work / "model", work / "qlora", "qlora", args, cuda)
+
+        records = read_jsonl(work / "data" / "train.jsonl")
+        records = (records * (-(-args.predict_samples // len(records))))[:args.predict_samples]
+        records = [{**record, "id": f"{index:04d}"} for index, record in enumerate(records)]
+        started = time.perf_counter()
+        predict_records(work / "model", records, work / "data", {"max_new_tokens": 32, "batch_size": 8})
+        predict_s = time.perf_counter() - started  # includes loading the model, as a prediction job does
+        print(f"predict: {len(records) / predict_s:.2f} samples/s ({len(records)} samples, batch 8, "
+              f"32 new tokens, model loading included)", flush=True)
+    summary = {"model": f"{architecture['name']}-shaped", "device": torch.cuda.get_device_name() if cuda else "cpu",
+               "frames": args.frames, "batch_size": args.batch_size, "lora_rank": args.rank, "steps": args.steps,
+               "gradient_checkpointing": True, "trained_on": [lora["device"], qlora["device"]],
+               "lora_bf16_peak_gib": lora["peak_memory_gib"], "qlora_peak_gib": qlora["peak_memory_gib"],
+               "peak_kind": lora["peak_memory_kind"],
                "lora_bf16_tokens_per_s": lora["tokens_per_s"], "qlora_tokens_per_s": qlora["tokens_per_s"],
-               "lora_bf16_step_s": lora["step_s"], "qlora_step_s": qlora["step_s"],
-               "tokens_per_step": lora["tokens_per_step"]}
+               "lora_bf16_step_s": lora["train_seconds"] / lora["steps"],
+               "qlora_step_s": qlora["train_seconds"] / qlora["steps"],
+               "predict_samples_per_s": len(records) / predict_s}
     print(json.dumps(summary))
     return 0
 

@@ -1,25 +1,29 @@
-# Base models: a checkpoint folder given by path is used where it is; a `tiny` model is built here with
-# random weights (the real InternVL architecture with a small Qwen2 text model).
+# Base models: a checkpoint folder given by path is used where it is; a `tiny` model or a named real
+# `architecture` (InternVL3-1B/2B/8B, optionally with fewer layers) is built here with random weights.
 
 
-rule build_tiny_model:
+rule build_model:
     wildcard_constraints:
         # Only the models the config builds: a checkpoint folder that happens to live under results/models
         # is used as it is.
-        model="|".join(re.escape(name) for name, model in config["models"].items() if "tiny" in model) or "(?!)",
+        model="|".join(
+            re.escape(name) for name, model in config["models"].items() if "tiny" in model or "architecture" in model
+        )
+        or "(?!)",
     output:
         model=directory(f"{RESULTS}/models/{{model}}"),
     params:
-        model=model_settings("build_tiny_model"),
+        model=model_settings("build_model"),
     log:
-        f"{RESULTS}/logs/build_tiny_model/{{model}}.log",
+        f"{RESULTS}/logs/build_model/{{model}}.log",
     message:
-        "Building the tiny InternVL model {wildcards.model}"
+        "Building the random-weight InternVL model {wildcards.model}"
     threads: 1
     resources:
-        mem_mb=2000,
+        # A full-size 8B architecture is 16 GB of bf16 weights; a tiny model needs little.
+        mem_mb=lambda wildcards: 2000 if "tiny" in config["models"][wildcards.model] else 40000,
         runtime=30,
     conda:
         "../envs/vidtune.yaml"
     script:
-        "../workflow/scripts/build_tiny_model.py"
+        "../workflow/scripts/build_model.py"

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the vidtune package, 
 
 from vidtune.config import check_config, GENERATED_FORMATS
 from vidtune.errors import ConfigError
+from vidtune.prediction_shards import evaluation_key, prediction_settings
 from vidtune.reach import ANY, settings_for
 
 validate(config, schema="../workflow/schemas/config.schema.yaml", set_default=True)
@@ -32,7 +33,7 @@ wildcard_constraints:
     run=r"[^/]+",
     model=r"[^/]+",
     shard=r"\d{3}",
-    which="base|finetuned",
+    evaluation=r"[^/]+",
     split="train|val|test",
 
 
@@ -121,32 +122,78 @@ def shard_manifest(wildcards):
     return checkpoints.frame_manifest.get(dataset=wildcards.dataset, shard=wildcards.shard).output.manifest
 
 
+def split_files(datasets, split):
+    """The datasets' JSONL files of one split, through the checkpoint."""
+    return [getattr(checkpoints.internvl_files.get(dataset=dataset).output, split) for dataset in datasets]
+
+
 def dataset_split_file(split):
-    """Input function: the run's datasets' JSONL files of one split, through the checkpoint."""
+    """Input function: the run's datasets' JSONL files of one split."""
 
     def files(wildcards):
-        return [
-            getattr(checkpoints.internvl_files.get(dataset=dataset).output, split)
-            for dataset in config["runs"][wildcards.run]["datasets"]
-        ]
+        return split_files(config["runs"][wildcards.run]["datasets"], split)
 
     return files
-
-
-def predict_model(wildcards):
-    if wildcards.which == "base":
-        return run_model_folder(wildcards)
-    return rules.merge.output.model.format(run=wildcards.run)
 
 
 def evaluation_files(wildcards):
     return dataset_split_file(config["runs"][wildcards.run]["evaluation"]["split"])(wildcards)
 
 
+def _base_evaluations():
+    """(model, evaluation key) -> the datasets, prediction settings and GPUs of a base prediction; runs with
+    the same base model, datasets and prediction settings share one."""
+    evaluations = {}
+    for name in RUNS:
+        run = config["runs"][name]
+        key = (run["model"], evaluation_key(run["datasets"], run["evaluation"]))
+        entry = evaluations.setdefault(
+            key,
+            {
+                "datasets": sorted(run["datasets"]),
+                "settings": prediction_settings(run["evaluation"]),
+                "gpus": 0,
+            },
+        )
+        entry["gpus"] = max(entry["gpus"], run["evaluation"]["gpus"])
+    return evaluations
+
+
+BASE_EVALUATIONS = _base_evaluations()
+
+
+def base_evaluation(wildcards):
+    return BASE_EVALUATIONS[(wildcards.model, wildcards.evaluation)]
+
+
+def base_evaluation_files(wildcards):
+    evaluation = base_evaluation(wildcards)
+    return split_files(evaluation["datasets"], evaluation["settings"]["split"])
+
+
+def shard_names(count):
+    return [f"{shard:03d}" for shard in range(count)]
+
+
+def prediction_shard_files(wildcards):
+    """Input function of join_predictions: the shard files of a base or a finetuned prediction."""
+    parts = wildcards.predictions.split("/")
+    if parts[0] == "runs":
+        count = config["runs"][parts[1]]["evaluation"]["shards"]
+    else:
+        count = BASE_EVALUATIONS[(parts[2], parts[3])]["settings"]["shards"]
+    return [f"{RESULTS}/{wildcards.predictions}/{shard}.jsonl" for shard in shard_names(count)]
+
+
 def predictions_of(which):
-    """Input function: the predictions file of the base or the finetuned model of a run."""
+    """Input function: the joined predictions of the base or the finetuned model of a run."""
 
     def predictions(wildcards):
-        return expand(rules.predict.output.predictions, run=wildcards.run, which=which)[0]
+        run = config["runs"][wildcards.run]
+        if which == "base":
+            name = f"predictions/base/{run['model']}/{evaluation_key(run['datasets'], run['evaluation'])}"
+        else:
+            name = f"runs/{wildcards.run}/predictions/finetuned"
+        return rules.join_predictions.output.predictions.format(predictions=name)
 
     return predictions

@@ -1,26 +1,74 @@
 # Predict the evaluation split with the base model and with the merged finetuned model: the same frames,
-# prompt, chat template and generation settings for both.
+# prompt, chat template and generation settings for both. Each prediction runs as evaluation.shards jobs
+# (each on its own GPU; on SLURM one job per shard), joined into one file sorted by id that is the same for
+# any shard count. Base predictions depend only on the base model, the test records and the prediction
+# settings, so runs that share those share one base prediction (results/predictions/base/<model>/<key>).
 
 
-rule predict:
+rule predict_base:
     input:
-        model=predict_model,
-        records=evaluation_files,
+        model=lambda wildcards: model_folder(wildcards.model),
+        records=base_evaluation_files,
     output:
-        predictions=f"{RESULTS}/runs/{{run}}/predictions/{{which}}.jsonl",
+        predictions=f"{RESULTS}/predictions/base/{{model}}/{{evaluation}}/{{shard}}.jsonl",
     params:
-        evaluation=run_settings("predict", "evaluation"),
-        model=model_settings("predict"),
+        evaluation=lambda wildcards: base_evaluation(wildcards)["settings"],
+        model=model_settings("predict_base"),
     log:
-        f"{RESULTS}/logs/predict/{{run}}/{{which}}.log",
+        f"{RESULTS}/logs/predict/base/{{model}}/{{evaluation}}/{{shard}}.log",
     message:
-        "Predicting run {wildcards.run} with the {wildcards.which} model"
-    threads: run_threads("evaluation")
+        "Predicting shard {wildcards.shard} of {wildcards.evaluation} with the base model {wildcards.model}"
+    threads: lambda wildcards: 1 if base_evaluation(wildcards)["gpus"] == 0 else 4
     resources:
-        gpu=run_gpus("evaluation"),
+        gpu=lambda wildcards: min(1, base_evaluation(wildcards)["gpus"]),
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
         runtime=lambda wildcards, attempt: 120 * attempt,
     conda:
         "../envs/vidtune.yaml"
     script:
         "../workflow/scripts/predict.py"
+
+
+rule predict_finetuned:
+    input:
+        model=rules.merge.output.model,
+        records=evaluation_files,
+    output:
+        predictions=f"{RESULTS}/runs/{{run}}/predictions/finetuned/{{shard}}.jsonl",
+    params:
+        evaluation=run_settings("predict_finetuned", "evaluation"),
+        model=model_settings("predict_finetuned"),
+    log:
+        f"{RESULTS}/logs/predict/finetuned/{{run}}/{{shard}}.log",
+    message:
+        "Predicting shard {wildcards.shard} of run {wildcards.run} with the finetuned model"
+    threads: lambda wildcards: 1 if config["runs"][wildcards.run]["evaluation"]["gpus"] == 0 else 4
+    resources:
+        gpu=lambda wildcards: min(1, config["runs"][wildcards.run]["evaluation"]["gpus"]),
+        mem_mb=lambda wildcards, attempt: 16000 * attempt,
+        runtime=lambda wildcards, attempt: 120 * attempt,
+    conda:
+        "../envs/vidtune.yaml"
+    script:
+        "../workflow/scripts/predict.py"
+
+
+rule join_predictions:
+    input:
+        shards=prediction_shard_files,
+    output:
+        predictions=f"{RESULTS}/{{predictions}}.jsonl",
+    wildcard_constraints:
+        predictions=r"predictions/base/[^/]+/[^/]+|runs/[^/]+/predictions/finetuned",
+    log:
+        f"{RESULTS}/logs/join_predictions/{{predictions}}.log",
+    message:
+        "Joining the prediction shards of {wildcards.predictions}"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/vidtune.yaml"
+    script:
+        "../workflow/scripts/join_predictions.py"

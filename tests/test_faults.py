@@ -79,7 +79,7 @@ def _kill_training_run_after_checkpoint(run: Run) -> None:
 
 
 def _kill_prediction_mid_work(run: Run) -> None:
-    log = "results/logs/predict/demo/finetuned.log"
+    log = "results/logs/predict/finetuned/demo/000.log"
     run.kill_when(_log_open_for(run, log, 1.5), lambda: processes_holding(run.workflow.path(log)))
 
 
@@ -93,7 +93,7 @@ KILLS = [
     ("meta", "run_meta", "runs/demo/meta.json"),
     ("train", "train", _kill_training_run_after_checkpoint),
     ("merge", "merge", _kill_merge_while_saving),
-    ("predict", "predict", _kill_prediction_mid_work),
+    ("predict", "predict_finetuned", _kill_prediction_mid_work),
     ("score", "score", "runs/demo/metrics.json"),
     ("report", "report_run", "report/gallery.html"),
 ]
@@ -329,10 +329,15 @@ def test_paths_leading_out_of_the_root_are_rejected_with_reasons(odd_run):
 def test_trust_remote_code_only_when_the_model_sets_it_and_then_logged(odd_run, quick_run):
     _, workflow, result = odd_run
     assert result.returncode == 0
-    for log in ("train/odd.log", "merge/odd.log", "predict/odd/base.log", "predict/odd/finetuned.log"):
-        assert "trust_remote_code is on" in workflow.path(f"results/logs/{log}").read_text(), log
-    for log in ("train/demo.log", "merge/demo.log", "predict/demo/base.log", "predict/demo/finetuned.log"):
-        assert "trust_remote_code" not in quick_run.path(f"results/logs/{log}").read_text(), log
+    def logs(run, name):
+        (base,) = run.path("results/logs/predict/base").glob(f"{run.config['runs'][name]['model']}/*/000.log")
+        return [run.path(f"results/logs/{log}") for log in (f"train/{name}.log", f"merge/{name}.log",
+                                                              f"predict/finetuned/{name}/000.log")] + [base]
+
+    for log in logs(workflow, "odd"):
+        assert "trust_remote_code is on" in log.read_text(), log
+    for log in logs(quick_run, "demo"):
+        assert "trust_remote_code" not in log.read_text(), log
 
 
 def test_code_never_unpickles_or_shells_out_with_data():

@@ -23,7 +23,7 @@ from slurm_cluster import PROFILE, SlurmCluster, slurm_cluster  # noqa: F401 - t
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
 FAST_STATUS = ("--slurm-init-seconds-before-status-checks", "1")
-GPU_RULES = {"train", "predict"}
+GPU_RULES = {"train", "predict_base", "predict_finetuned"}
 
 
 def submit(workflow: Workflow, cluster: SlurmCluster, *targets: str):

@@ -128,14 +128,60 @@ def check_model_dir(path: str | Path) -> Path:
     return path
 
 
+def checkpoint_dtype(path: str | Path) -> torch.dtype:
+    """The dtype a checkpoint's weights were saved in (config.json's dtype; float32 when it names none)."""
+    import json
+
+    try:
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return torch.float32
+    name = config.get("dtype") or config.get("torch_dtype") or \
+        (config.get("text_config") or {}).get("dtype") or (config.get("text_config") or {}).get("torch_dtype")
+    return getattr(torch, name, torch.float32) if isinstance(name, str) else torch.float32
+
+
+def choose_device(gpus_available: int, checkpoint: torch.dtype, bf16_supported: bool) \
+        -> tuple[str, torch.dtype]:
+    """Where and in which dtype a model runs for inference: the job's first GPU (what CUDA_VISIBLE_DEVICES
+    exposes is cuda:0) in bf16 where supported, else the CPU in the checkpoint's own dtype.
+
+    A GPU without bf16 keeps a float16 checkpoint in float16 and runs the others in float32 (bf16 weights
+    can overflow in float16).
+    """
+    if gpus_available <= 0:
+        return "cpu", checkpoint
+    if bf16_supported and checkpoint in (torch.bfloat16, torch.float32):
+        return "cuda:0", torch.bfloat16
+    return "cuda:0", torch.float16 if checkpoint == torch.float16 else torch.float32
+
+
+def job_device(path: str | Path) -> tuple[str, torch.dtype]:
+    """:func:`choose_device` for this process's GPUs and the checkpoint at path."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return choose_device(gpus, checkpoint_dtype(path), gpus > 0 and torch.cuda.is_bf16_supported())
+
+
+def move_batch(batch: dict[str, torch.Tensor], device: str | torch.device, dtype: torch.dtype) \
+        -> dict[str, torch.Tensor]:
+    """The batch on the model's device; pixel values in the model's dtype, token ids and masks as they are."""
+    return {key: value.to(device, dtype=dtype if key == "pixel_values" else None)
+            for key, value in batch.items()}
+
+
 def load_model(path: str | Path, *, trust_remote_code: bool = False, quantization: str | None = None,
-               dtype: torch.dtype | str | None = None):
-    """Load an InternVL (or any image-text-to-text) checkpoint from safetensors; ``quantization="nf4"`` = QLoRA."""
+               dtype: torch.dtype | str | None = None, device: str | None = None):
+    """Load an InternVL (or any image-text-to-text) checkpoint from safetensors; ``quantization="nf4"`` = QLoRA.
+
+    ``device`` (``cuda:0``, ``cpu``) loads the weights straight onto it; by default they stay on the CPU.
+    """
     path = check_model_dir(path)
     if trust_remote_code:
         log.warning("trust_remote_code is on: Python code from %s will run", path)
     kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code,
                               "dtype": dtype if dtype is not None else "auto"}
+    if device is not None and device != "cpu":
+        kwargs["device_map"] = {"": device}  # weights go to the GPU tensor by tensor, not through host memory
     if quantization is not None:
         if quantization != "nf4":
             raise ModelError(f"unknown quantization {quantization!r}", file=path, fix="use nf4 or none")
@@ -331,8 +377,12 @@ def load_images(paths: Sequence[Path], record_id: str | None = None) -> list[Ima
 # --- Trained models ----------------------------------------------------------------------------------------
 
 def load_adapter_model(base_dir: str | Path, adapter_dir: str | Path, *, trust_remote_code: bool = False,
-                       dtype: torch.dtype = torch.float32):
-    """The unquantised base with a trained LoRA adapter on it; fails when the adapter doesn't fit the base."""
+                       dtype: torch.dtype | None = None, device: str | None = None):
+    """The unquantised base with a trained LoRA adapter on it; fails when the adapter doesn't fit the base.
+
+    The base loads in ``dtype`` (default: its checkpoint's, so an 8B bf16 base takes 16 GB, not 32) on
+    ``device`` (default: the CPU).
+    """
     from peft import PeftModel, get_peft_model_state_dict
     from safetensors import SafetensorError, safe_open
 
@@ -341,7 +391,8 @@ def load_adapter_model(base_dir: str | Path, adapter_dir: str | Path, *, trust_r
     if not (adapter_dir / "adapter_config.json").is_file() or not weights.is_file():
         raise ModelError("not a LoRA adapter folder (adapter_config.json + adapter_model.safetensors)",
                          file=adapter_dir, fix="point at the training step's final/ folder")
-    base = load_model(base_dir, trust_remote_code=trust_remote_code, dtype=dtype)
+    base = load_model(base_dir, trust_remote_code=trust_remote_code,
+                      dtype=dtype if dtype is not None else checkpoint_dtype(base_dir), device=device)
     try:
         with safe_open(weights, "pt") as handle:
             saved = set(handle.keys())

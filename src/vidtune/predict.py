@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -23,11 +25,12 @@ import torch
 from vidtune.config import schema_defaults
 from vidtune.atomic import write_jsonl
 from vidtune.errors import VidtuneError
-from vidtune.modeling import (collate, encode_sample, load_adapter_model, load_images, load_model,
-                              load_processor, load_record_media, read_run_settings, record_media_paths,
-                              record_text)
+from vidtune.modeling import (collate, encode_sample, job_device, load_adapter_model, load_images, load_model,
+                              load_processor, load_record_media, move_batch, read_run_settings,
+                              record_media_paths, record_text)
 
 EVALUATION_DEFAULTS = schema_defaults("evaluation")
+log = logging.getLogger(__name__)
 
 
 class Predictor:
@@ -37,13 +40,17 @@ class Predictor:
                  trust_remote_code: bool = False):
         self.settings = read_run_settings(adapter_dir, model_dir)
         self.evaluation = {**EVALUATION_DEFAULTS, **(evaluation or {})}
+        self.device, self.dtype = job_device(model_dir)
         if adapter_dir is not None:
-            self.model = load_adapter_model(model_dir, adapter_dir, trust_remote_code=trust_remote_code)
+            self.model = load_adapter_model(model_dir, adapter_dir, trust_remote_code=trust_remote_code,
+                                            dtype=self.dtype, device=self.device)
             self.processor = load_processor(adapter_dir)
         else:
-            self.model = load_model(model_dir, trust_remote_code=trust_remote_code)
+            self.model = load_model(model_dir, trust_remote_code=trust_remote_code, dtype=self.dtype,
+                                    device=self.device)
             self.processor = load_processor(model_dir)
         self.model.eval()
+        log.info("predicting on %s in %s", self.device, str(self.dtype).removeprefix("torch."))
 
     def answer(self, samples: Sequence[tuple[list, str, str]]) -> list[str]:
         """Greedy (unless configured otherwise) answers for (images, prompt, media_type) samples."""
@@ -55,8 +62,8 @@ class Predictor:
             encoded = [encode_sample(self.processor, images, prompt, media_type=media_type,
                                      max_dynamic_patch=max_dynamic_patch)
                        for images, prompt, media_type in samples[start:start + size]]
-            batch = collate(encoded, tokenizer.pad_token_id, padding_side="left")
-            batch["pixel_values"] = batch["pixel_values"].to(self.model.dtype)
+            batch = move_batch(collate(encoded, tokenizer.pad_token_id, padding_side="left"), self.device,
+                               self.dtype)
             torch.manual_seed(0)
             with torch.no_grad():
                 output = self.model.generate(
@@ -65,24 +72,32 @@ class Predictor:
                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                     **({"temperature": self.evaluation["temperature"], "top_p": self.evaluation["top_p"]}
                        if self.evaluation["do_sample"] else {}))
-            new_tokens = output[:, batch["input_ids"].shape[1]:]
+            new_tokens = output[:, batch["input_ids"].shape[1]:].cpu()
             answers += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         return answers
 
 
 def predict_records(model_dir: Path, records: list[dict], root: Path, evaluation: dict,
                     adapter_dir: Path | None = None, trust_remote_code: bool = False) -> list[dict]:
-    """``{"id", "prediction"}`` for each InternVL JSONL record (media relative to root), in order."""
+    """``{"id", "prediction"}`` for each InternVL JSONL record (media relative to root), in order.
+
+    Logs progress every few percent and the throughput (samples/s, without the model's loading).
+    """
     predictor = Predictor(Path(model_dir), None if adapter_dir is None else Path(adapter_dir), evaluation,
                           trust_remote_code)
     size = predictor.evaluation["batch_size"]
     answers: list[str] = []
+    started, reported = time.perf_counter(), 0
     for start in range(0, len(records), size):  # media of one batch in memory at a time
         samples = []
         for record in records[start:start + size]:
             text = record_text(record)
             samples.append((load_record_media(record, root), text.prompt, text.media_type))
         answers += predictor.answer(samples)
+        if len(answers) - reported >= max(1, len(records) // 20) or len(answers) == len(records):
+            reported = len(answers)
+            seconds = time.perf_counter() - started
+            log.info("%d of %d samples, %.2f samples/s", reported, len(records), reported / seconds)
     return [{"id": record.get("id"), "prediction": answer} for record, answer in zip(records, answers)]
 
 

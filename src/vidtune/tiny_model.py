@@ -1,4 +1,5 @@
-"""A tiny, randomly initialised InternVL of the real architecture, built locally for demos and tests.
+"""Randomly initialised InternVL models built locally: a tiny one for demos and tests, and the real
+InternVL3-1B/2B/8B architectures (optionally with fewer layers and a smaller vocabulary) for real-shape runs.
 
 transformers' ``InternVLForConditionalGeneration`` with a small Qwen2 text model, a byte-level BPE tokenizer
 trained here on a built-in English corpus of the demo vocabulary (any text still encodes), a Qwen-style chat
@@ -75,20 +76,22 @@ def tiny_corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
+def build_tokenizer(vocab_size: int = VOCAB_SIZE, special_tokens: list[str] = SPECIAL_TOKENS,
+                    chat_template: str = CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
+    """A byte-level BPE of at most vocab_size tokens, trained on :func:`tiny_corpus`, with InternVL's tokens."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(tiny_corpus(), trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>"],
+        additional_special_tokens=[token for token in special_tokens if token not in ("<|endoftext|>", "<|im_end|>")],
         extra_special_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
                               "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"},
-        model_max_length=8192, padding_side="left", chat_template=CHAT_TEMPLATE)
+        model_max_length=8192, padding_side="left", chat_template=chat_template)
 
 
 def model_config(settings: dict, tokenizer: PreTrainedTokenizerFast) -> InternVLConfig:
@@ -115,13 +118,14 @@ def image_seq_length(settings: dict) -> int:
     return int((s["image_size"] // s["patch_size"]) ** 2 * DOWNSAMPLE_RATIO ** 2)
 
 
-def build_processor(settings: dict, tokenizer: PreTrainedTokenizerFast) -> InternVLImageOnlyProcessor:
+def build_processor(settings: dict, tokenizer: PreTrainedTokenizerFast,
+                    chat_template: str = CHAT_TEMPLATE) -> InternVLImageOnlyProcessor:
     s = {**DEFAULTS, **settings}
     image_processor = GotOcr2ImageProcessorPil(
         size={"height": s["image_size"], "width": s["image_size"]}, crop_to_patches=False, min_patches=1,
         max_patches=12, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, do_convert_rgb=True)
     return InternVLImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                      image_seq_length=image_seq_length(s), chat_template=CHAT_TEMPLATE)
+                                      image_seq_length=image_seq_length(s), chat_template=chat_template)
 
 
 def build_tiny_model(out_dir: Path, settings: dict) -> None:
@@ -145,6 +149,104 @@ def build_tiny_model(out_dir: Path, settings: dict) -> None:
     with atomic_dir(out_dir) as temp:
         model.save_pretrained(temp, safe_serialization=True)
         build_processor(settings, tokenizer).save_pretrained(temp)
+
+
+# --- Real architectures with random weights ----------------------------------------------------------------
+
+# The released InternVL3-*-hf checkpoints' chat template (transformers' conversion script): no system turn,
+# images as <IMG_CONTEXT> and videos as <video>, each on its own line.
+INTERNVL3_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n'}}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\\n' }}"
+    "{% elif content['type'] == 'video' %}{{ '<video>\\n' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{'<|im_end|>\\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\\n' }}{% endif %}"
+)
+# Qwen2.5's special tokens, then those InternVL adds (in the released vocabulary they sit at 151643-151673).
+INTERNVL3_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>", "<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>",
+    "<box>", "</box>", "<video>"]
+# InternViT-300M-448px-V2_5, the vision tower of InternVL3-1B/2B/8B (their -hf config.json vision_config).
+INTERNVIT_300M = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                  "intermediate_size": 4096, "image_size": 448, "patch_size": 14, "attention_bias": True,
+                  "use_qk_norm": False, "norm_type": "layer_norm", "layer_norm_eps": 1e-6,
+                  "layer_scale_init_value": 0.1, "use_mean_pooling": True, "hidden_act": "gelu"}
+_QWEN25 = {"vocab_size": 151674, "max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+           "hidden_act": "silu", "bos_token_id": 151643, "eos_token_id": 151645}
+# The language models: Qwen2.5-0.5B, -1.5B and -7B (InternVL3-1B/2B/8B-hf config.json text_config).
+ARCHITECTURES = {
+    "internvl3-1b": {"vision": INTERNVIT_300M, "text": {**_QWEN25, "hidden_size": 896, "intermediate_size": 4864,
+                                                        "num_hidden_layers": 24, "num_attention_heads": 14,
+                                                        "num_key_value_heads": 2, "tie_word_embeddings": True}},
+    "internvl3-2b": {"vision": INTERNVIT_300M, "text": {**_QWEN25, "hidden_size": 1536, "intermediate_size": 8960,
+                                                        "num_hidden_layers": 28, "num_attention_heads": 12,
+                                                        "num_key_value_heads": 2, "tie_word_embeddings": True}},
+    "internvl3-8b": {"vision": INTERNVIT_300M, "text": {**_QWEN25, "hidden_size": 3584, "intermediate_size": 18944,
+                                                        "num_hidden_layers": 28, "num_attention_heads": 28,
+                                                        "num_key_value_heads": 4, "tie_word_embeddings": False}},
+}
+ARCHITECTURE_DEFAULTS = schema_defaults("architecture")
+INTERNVL3_TOKENS_PER_TILE = 256  # (448 / 14)^2 patches, pixel-shuffled by 0.5 in each direction
+
+
+def architecture_config(settings: dict, tokenizer: PreTrainedTokenizerFast) -> InternVLConfig:
+    """A named architecture's published configuration, optionally with fewer layers and a smaller vocabulary.
+
+    The vocabulary is the published one unless ``vocab_size`` is set; it is never smaller than the tokenizer.
+    """
+    s = {**ARCHITECTURE_DEFAULTS, **settings}
+    if s["name"] not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {s['name']!r}; known: {', '.join(ARCHITECTURES)}")
+    published = ARCHITECTURES[s["name"]]
+    vision = {**published["vision"]}
+    text = {**published["text"], "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": None}
+    if s.get("vision_layers"):
+        vision["num_hidden_layers"] = s["vision_layers"]
+    if s.get("text_layers"):
+        text["num_hidden_layers"] = s["text_layers"]
+    text["vocab_size"] = max(len(tokenizer), s.get("vocab_size") or text["vocab_size"])
+    return InternVLConfig(
+        vision_config=InternVLVisionConfig(**vision), text_config=Qwen2Config(**text),
+        downsample_ratio=DOWNSAMPLE_RATIO, image_token_id=tokenizer.context_image_token_id,
+        image_seq_length=INTERNVL3_TOKENS_PER_TILE, tie_word_embeddings=text["tie_word_embeddings"])
+
+
+def build_architecture_model(out_dir: Path, settings: dict, device: str = "cpu") -> None:
+    """Write a random-weight checkpoint of a named InternVL3 architecture (``settings`` as the schema's
+    ``architecture``) with the released processor settings and chat template, in the released dtype (bf16).
+
+    The tokenizer is a small BPE (no real vocabulary is available offline) with the real special tokens.
+    """
+    s = {**ARCHITECTURE_DEFAULTS, **settings}
+    vocab = min(s.get("vocab_size") or 8192, 8192)  # the corpus cannot fill a larger BPE vocabulary
+    tokenizer = build_tokenizer(vocab, INTERNVL3_SPECIAL_TOKENS, INTERNVL3_CHAT_TEMPLATE)
+    config = architecture_config(s, tokenizer)
+    dtype = getattr(torch, s["dtype"])
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(s["seed"])
+    try:
+        with torch.device(device):
+            model = InternVLForConditionalGeneration._from_config(config, dtype=dtype)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False)
+    with atomic_dir(out_dir) as temp:
+        model.save_pretrained(temp, safe_serialization=True)
+        del model
+        build_processor({"image_size": 448, "patch_size": 14}, tokenizer, INTERNVL3_CHAT_TEMPLATE).save_pretrained(temp)
+
+
+def build_model(out_dir: Path, spec: dict) -> None:
+    """Build a model config entry's ``tiny`` or ``architecture`` model into out_dir."""
+    if "architecture" in spec:
+        build_architecture_model(out_dir, spec["architecture"])
+    else:
+        build_tiny_model(out_dir, spec["tiny"])
 
 
 # --- A synthetic caption task for tests and benchmarks -----------------------------------------------------

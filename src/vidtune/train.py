@@ -575,6 +575,7 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, training: dict, trust
         logging_steps=settings["logging_steps"], report_to="none", remove_unused_columns=False,
         dataloader_num_workers=0, deepspeed=deepspeed, use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True)
+    log.info("training on %s (bf16: %s)", args.device, bf16)
     from torch.utils.tensorboard import SummaryWriter
 
     collator = CountingCollator(processor.tokenizer.pad_token_id)

@@ -1,0 +1,39 @@
+"""The stock InternVLProcessor, taken wherever torchvision is installed, encodes exactly as the image-only one.
+
+Skipped where torchvision cannot be imported (this CPU setup); benchmarks/gpu_check.sh runs it on a GPU
+machine, where torchvision is installed.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from transformers import InternVLProcessor
+
+pytest.importorskip("torchvision")
+
+from vidtune.modeling import InternVLImageOnlyProcessor, encode_sample, load_processor  # noqa: E402
+from vidtune.tiny_model import build_architecture_model, synthetic_frames  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def real_shape(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("real") / "model"
+    build_architecture_model(folder, {"name": "internvl3-1b", "text_layers": 1, "vision_layers": 1,
+                                      "vocab_size": 4096})
+    return folder
+
+
+def test_stock_processor_is_taken_and_encodes_like_the_image_only_one(real_shape):
+    stock = load_processor(real_shape)
+    assert type(stock) is InternVLProcessor
+    image_only = InternVLImageOnlyProcessor.from_pretrained(real_shape)
+    frames = synthetic_frames("red", "circle", "left", 8, 448)
+    wide = Image.new("RGB", (896, 448), (30, 200, 60))
+    for images, media_type in ((frames, "video"), ([wide], "image")):
+        ours = encode_sample(image_only, images, "Describe it.", "a red circle", media_type=media_type)
+        theirs = encode_sample(stock, images, "Describe it.", "a red circle", media_type=media_type)
+        assert torch.equal(ours["input_ids"], theirs["input_ids"])
+        assert torch.equal(ours["labels"], theirs["labels"])
+        assert torch.allclose(ours["pixel_values"], theirs["pixel_values"], atol=2e-2)
