@@ -48,7 +48,7 @@ DATA_OUTPUTS = [
 MODEL_OUTPUTS = [
     expand(rules.train.output.summary, run=RUNS),
     expand(rules.merge.output.model, run=RUNS),
-    expand(rules.predict.output.predictions, run=RUNS, which=["base", "finetuned"]),
+    [run_predictions(run, which) for run in RUNS for which in ["base", "finetuned"]],
 ]
 
 

@@ -185,15 +185,16 @@ def prediction_shard_files(wildcards):
     return [f"{RESULTS}/{wildcards.predictions}/{shard}.jsonl" for shard in shard_names(count)]
 
 
+def run_predictions(run, which):
+    """The joined predictions of the base or the finetuned model of a run (base ones are shared)."""
+    entry = config["runs"][run]
+    if which == "base":
+        name = f"predictions/base/{entry['model']}/{evaluation_key(entry['datasets'], entry['evaluation'])}"
+    else:
+        name = f"runs/{run}/predictions/finetuned"
+    return rules.join_predictions.output.predictions.format(predictions=name)
+
+
 def predictions_of(which):
     """Input function: the joined predictions of the base or the finetuned model of a run."""
-
-    def predictions(wildcards):
-        run = config["runs"][wildcards.run]
-        if which == "base":
-            name = f"predictions/base/{run['model']}/{evaluation_key(run['datasets'], run['evaluation'])}"
-        else:
-            name = f"runs/{wildcards.run}/predictions/finetuned"
-        return rules.join_predictions.output.predictions.format(predictions=name)
-
-    return predictions
+    return lambda wildcards: run_predictions(wildcards.run, which)
