@@ -75,7 +75,8 @@ def difference(comparison: Mapping[str, Any], first: str, second: str, metric: s
             if (a, b) == (first, second) and metric in entry["metrics"]:
                 found = entry["metrics"][metric]
                 low, high = sorted((sign * found["low"], sign * found["high"]))
-                return {"difference": sign * found["difference"], "low": low, "high": high,
+                # + 0.0: a zero difference turned round is 0.0, not -0.0
+                return {"difference": sign * found["difference"] + 0.0, "low": low + 0.0, "high": high + 0.0,
                         "distinguishable": found["distinguishable"]}
     return None
 

@@ -405,6 +405,7 @@ def run_intervals(captions: Mapping[str, dict], **settings) -> dict:
     corpus = Corpus([captions[i]["references"] for i in ids])
     result = bootstrap(corpus, {which: [captions[i][which] for i in ids] for which in ("base", "finetuned")},
                        [("base", "finetuned")], **settings)
+    result.update(result.pop("intervals"))  # base, finetuned: {metric: [low, high]}
     result["finetuned_minus_base"] = result.pop("differences")[0]["metrics"]
     return result
 
