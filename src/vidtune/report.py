@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping
 from vidtune.atomic import atomic_path, write_text
 from vidtune.comparison import MetricCell, best_runs, metric_cell, run_rows, swept_settings
 from vidtune.scoring import CAPTION_METRICS, PER_SAMPLE_METRIC
+from vidtune.sweeps import label
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1em; color: #222; }
@@ -35,12 +36,12 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .note { color: #555; }
 .best { display: grid; grid-template-columns: repeat(auto-fill, minmax(15em, 1fr)); gap: 0.6em; margin: 0.5em 0 1.5em; }
 .best .card { margin: 0; } .best .metric { font-size: 0.8em; color: #555; text-transform: uppercase; }
-.best .run { font-weight: 600; word-break: break-all; } .best .score { font-size: 1.5em; }
+.best .run { font-weight: 600; } .best .score { font-size: 1.5em; }
 .interval { color: #777; font-size: 0.85em; white-space: nowrap; }
 td.top { background: #eaf5ea; font-weight: 600; }
-.runs td, .runs th { font-size: 0.9em; } .runs td.run { word-break: break-all; max-width: 22em; }
+.runs td, .runs th { font-size: 0.85em; padding: 0.2em 0.4em; } .runs td.run { min-width: 12em; }
 .setting { background: #f3f0fa; }
-img.chart { max-width: 100%; }
+img.chart { max-width: 100%; width: 1100px; }
 """
 
 
@@ -341,12 +342,18 @@ _READING = ("Each score is the finetuned model's on the run's test samples, with
             "does not (the difference may be noise). METEOR has no interval.")
 
 
+def _run_name(name: str) -> str:
+    """A run's name, allowed to wrap after the @ and + of swept values."""
+    return "<wbr>".join(_esc(part) for part in name.replace("@", "@\0").replace("+", "+\0").split("\0"))
+
+
 def _interval(low: float, high: float) -> str:
     return f'<span class="interval">[{low:.3f}, {high:.3f}]</span>'
 
 
 def _difference_html(value: float, interval, distinguishable) -> str:
-    css = "" if not distinguishable else "better" if value > 0 else "worse"
+    value = value if abs(value) >= 5e-4 else 0.0  # no "-0.000"
+    css = "" if not distinguishable or not value else "better" if value > 0 else "worse"
     mark = "" if distinguishable is None else " ✔" if distinguishable else " ≈"
     text = f'<span class="{css}">{value:+.3f}{mark}</span>'
     return text + (" " + _interval(*interval) if interval else "")
@@ -355,7 +362,7 @@ def _difference_html(value: float, interval, distinguishable) -> str:
 def _metric_td(cell: MetricCell, top: bool) -> str:
     interval = " " + _interval(*cell.interval) if cell.interval else ""
     return (f'<td class="num{" top" if top else ""}">{cell.value:.3f}{interval}<br>'
-            f"{_difference_html(cell.delta, cell.delta_interval, cell.distinguishable)} vs base</td>")
+            f"{_difference_html(cell.delta, cell.delta_interval, cell.distinguishable)}</td>")
 
 
 def _best_cards(runs: Mapping[str, dict], comparison: Mapping[str, Any]) -> str:
@@ -366,13 +373,13 @@ def _best_cards(runs: Mapping[str, dict], comparison: Mapping[str, Any]) -> str:
         if entry["runner_up"] is None:
             ahead = "the only run"
         elif margin is None:
-            ahead = f"ahead of {_esc(entry['runner_up'])} (no interval: other test set or metric)"
+            ahead = f"ahead of {_run_name(entry['runner_up'])} (no interval: another test set, or METEOR)"
         else:
             verdict = "distinguishable" if margin["distinguishable"] else "not distinguishable from a tie"
-            ahead = (f"ahead of <span class=\"run\">{_esc(entry['runner_up'])}</span> by "
+            ahead = (f"ahead of <span class=\"run\">{_run_name(entry['runner_up'])}</span> by "
                      f"{margin['difference']:+.3f} {_interval(margin['low'], margin['high'])}: {verdict}")
         cards.append(f'<div class="card"><div class="metric">{_esc(entry["metric"])}</div>'
-                     f'<div class="run">{_esc(entry["run"])}</div><div class="score">{cell.value:.3f} '
+                     f'<div class="run">{_run_name(entry["run"])}</div><div class="score">{cell.value:.3f} '
                      f'{interval}</div><div class="note">{ahead}</div></div>')
     return '<div class="best">' + "".join(cards) + "</div>"
 
@@ -382,18 +389,21 @@ def _runs_table(runs: Mapping[str, dict]) -> str:
     settings = set(swept_settings(runs))
     metric_columns = {i for i, name in enumerate(header) if name in CAPTION_METRICS}
     top = {i: max(row[i].value for row in rows) for i in metric_columns}
-    head = "".join(f'<th class="setting">{_esc(h)}</th>' if h in settings else f"<th>{_esc(h)}</th>"
-                   for h in header)
+    head = "".join(f'<th class="setting">{".<wbr>".join(_esc(h).split("."))}</th>' if h in settings
+                   else f'<th>{_esc(h)}<br><span class="interval">minus base</span></th>' if h in CAPTION_METRICS
+                   else f"<th>{_esc(h)}</th>" for h in header)
     body = []
     for row in rows:
-        cells = [f'<td class="run">{_esc(row[0])}</td>']
+        cells = [f'<td class="run">{_run_name(row[0])}</td>']
         for i, value in enumerate(row[1:], 1):
             if i in metric_columns:
                 cells.append(_metric_td(value, value.value == top[i] and len(rows) > 1))
             elif header[i] == "trainable params" and value is not None:
                 cells.append(f'<td class="num">{value:,}</td>')
-            elif header[i] == "train s" and value is not None:
+            elif header[i] in ("train s", "peak GiB") and value is not None:
                 cells.append(f'<td class="num">{value:.1f}</td>')
+            elif header[i] in settings:
+                cells.append(f'<td class="num">{_esc(label(value)) if value is not None else "–"}</td>')
             else:
                 cells.append(_cell(value))
         body.append("<tr>" + "".join(cells) + "</tr>")
@@ -406,9 +416,9 @@ def _pairs_table(comparison: Mapping[str, Any]) -> str:
     if not differences:
         return '<p class="note">No two runs share a test set.</p>'
     metrics = comparison["metrics"]
-    head = "".join(f"<th>{_esc(m)}</th>" for m in ["second run", "minus first run", *metrics])
+    head = "".join(f"<th>{_esc(m)}</th>" for m in ["run", "minus run", *metrics])
     body = "".join(
-        f'<tr><td class="run">{_esc(d["second"])}</td><td class="run">{_esc(d["first"])}</td>'
+        f'<tr><td class="run">{_run_name(d["second"])}</td><td class="run">{_run_name(d["first"])}</td>'
         + "".join(f'<td class="num">{_difference_html(v["difference"], (v["low"], v["high"]), v["distinguishable"])}'
                   "</td>" for v in (d["metrics"][m] for m in metrics)) + "</tr>\n"
         for d in differences)
@@ -419,47 +429,43 @@ def _sort_key(value: Any) -> tuple:
     return (0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, str(value))
 
 
-def sweep_chart_uri(runs: Mapping[str, dict]) -> str | None:
-    """Each caption metric (columns) against each swept setting (rows): the finetuned score with its
-    interval, one line per combination of the other swept settings. None when nothing was swept."""
+def sweep_chart_uris(runs: Mapping[str, dict]) -> dict[str, str]:
+    """Per swept setting, a chart of each caption metric against it: the finetuned score with its interval,
+    one line per combination of the other swept settings."""
     settings = swept_settings(runs)
-    if not settings:
-        return None
-    figure = _figure(figsize=(2.3 * len(CAPTION_METRICS), 2.4 * len(settings) + 0.4))
-    axes = figure.subplots(len(settings), len(CAPTION_METRICS), squeeze=False)
-    for row, setting in enumerate(settings):
+    charts = {}
+    for setting in settings:
         values = sorted({run["swept"].get(setting) for run in runs.values()}, key=_sort_key)
         others = [key for key in settings if key != setting]
         groups: dict[str, list[str]] = {}
         for name in sorted(runs):
-            label = ", ".join(f"{key.rsplit('.', 1)[-1]}={runs[name]['swept'].get(key)}" for key in others)
-            groups.setdefault(label, []).append(name)
-        for column, metric in enumerate(CAPTION_METRICS):
-            axis = axes[row][column]
-            for n, (label, names) in enumerate(groups.items()):
+            group = ", ".join(f"{key.rsplit('.', 1)[-1]}={label(runs[name]['swept'].get(key))}" for key in others)
+            groups.setdefault(group, []).append(name)
+        figure = _figure(figsize=(10, 4.6))
+        axes = figure.subplots(2, 4).flatten()
+        for axis, metric in zip(axes, CAPTION_METRICS):
+            for n, (group, names) in enumerate(groups.items()):
                 names = sorted(names, key=lambda name: _sort_key(runs[name]["swept"].get(setting)))
-                x = [values.index(runs[name]["swept"].get(setting)) + (n - (len(groups) - 1) / 2) * 0.06
+                x = [values.index(runs[name]["swept"].get(setting)) + (n - (len(groups) - 1) / 2) * 0.08
                      for name in names]
                 cells = [metric_cell(runs[name]["metrics"], metric) for name in names]
-                y = [cell.value for cell in cells]
                 errors = [[cell.value - cell.interval[0] if cell.interval else 0 for cell in cells],
                           [cell.interval[1] - cell.value if cell.interval else 0 for cell in cells]]
-                axis.errorbar(x, y, yerr=errors, marker="o", markersize=4, capsize=3, linewidth=1.2,
-                              label=label or None)
-            axis.set_xticks(range(len(values)), [str(v) for v in values])
+                axis.errorbar(x, [cell.value for cell in cells], yerr=errors, marker="o", markersize=4, capsize=3,
+                              linewidth=1.2, label=group or "runs")
+            axis.set_xticks(range(len(values)), [label(v) for v in values])
             axis.set_xlim(-0.5, len(values) - 0.5)
             axis.spines[["top", "right"]].set_visible(False)
             axis.tick_params(labelsize=8)
-            if row == 0:
-                axis.set_title(metric, fontsize=10)
-            if column == 0:
-                axis.set_ylabel(setting.rsplit(".", 1)[-1] if len(setting) > 18 else setting, fontsize=9)
-            axis.set_xlabel(setting, fontsize=8)
-        if others:
-            axes[row][0].legend(frameon=False, fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.12),
-                                ncols=min(4, len(groups)))
-    figure.tight_layout()
-    return _figure_uri(figure)
+            axis.set_title(metric, fontsize=10)
+        handles, names = axes[0].get_legend_handles_labels()
+        axes[-1].set_axis_off()
+        axes[-1].legend(handles, names, frameon=False, fontsize=8, loc="center",
+                        title="other settings" if others else None, title_fontsize=8)
+        figure.supxlabel(setting, fontsize=10)
+        figure.tight_layout()
+        charts[setting] = _figure_uri(figure)
+    return charts
 
 
 def comparison_html(runs: Mapping[str, dict], comparison: Mapping[str, Any], out: str | os.PathLike) -> None:
@@ -475,11 +481,13 @@ def comparison_html(runs: Mapping[str, dict], comparison: Mapping[str, Any], out
     body = [f'<p class="note">{_esc(summary)}.</p>', f'<p class="note">{_READING}</p>',
             "<h2>Best run per metric</h2>", _best_cards(runs, comparison),
             "<h2>All runs</h2>", _runs_table(runs)]
-    chart = sweep_chart_uri(runs)
-    if chart:
+    charts = sweep_chart_uris(runs)
+    if charts:
         body += ["<h2>Metrics against each swept setting</h2>",
                  '<p class="note">Finetuned score with its 95% interval; one line per combination of the '
-                 "other swept settings.</p>", f'<img class="chart" alt="metrics against swept settings" '
-                 f'src="{chart}">']
+                 "other swept settings.</p>"]
+        body += [f"<h3>{_esc(setting)}</h3>\n"
+                 f'<img class="chart" alt="each metric against {_esc(setting)}" src="{chart}">'
+                 for setting, chart in charts.items()]
     body += ["<h2>Every two runs on the same test set</h2>", _pairs_table(comparison)]
     write_text(out, _page("Runs compared", "\n".join(body)))
