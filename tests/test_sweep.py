@@ -56,7 +56,7 @@ def test_every_comparison_has_intervals_and_the_page_compares_the_runs(sweep):
     comparison = workflow.path("results/runs/comparison.json")
     pairs = json.loads(comparison.read_text())["differences"]
     assert len(pairs) == 6 and {p["first"] for p in pairs} | {p["second"] for p in pairs} == set(RUNS)
-    page = workflow.path("results/report/runs.html").read_text()
+    page = workflow.path("results/report/runs.html").read_text().replace("<wbr>", "")
     assert all(run in page for run in RUNS) and "Metrics against each swept setting" in page
     # Seeded: rerunning the comparison gives the same intervals, byte for byte.
     before = comparison.read_bytes()
