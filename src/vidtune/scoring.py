@@ -3,7 +3,9 @@
 Caption metrics are pycocoevalcap's, computed the way COCO defines them: Stanford PTB tokenization
 (lower-cased, punctuation removed), then Bleu_1..4 (closest reference length), METEOR 1.5, ROUGE_L and
 CIDEr-D, whose IDF comes from the references of the evaluated set. So base and finetuned are always scored
-on exactly the same ids with all references per sample, in one call.
+on exactly the same ids with all references per sample, in one call. The tokenized captions are kept per
+sample, so that paired bootstrap intervals (:mod:`vidtune.bootstrap`) compare base with finetuned, and
+any two runs on the same test set, without tokenizing again.
 
 Two quirks of the pycocoevalcap wrappers are handled here rather than left to silently shift scores:
 
