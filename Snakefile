@@ -63,6 +63,7 @@ rule train_all:
         DATA_OUTPUTS,
         MODEL_OUTPUTS,
         expand(rules.score.output.metrics, run=RUNS),
+        rules.compare_runs.output.comparison,
         rules.runs_table.output.table,
         expand(rules.report_run.output, run=RUNS),
         rules.report_overview.output,
@@ -78,4 +79,5 @@ rule evaluate_all:
         DATA_OUTPUTS,
         MODEL_OUTPUTS,
         expand(rules.score.output.metrics, run=RUNS),
+        rules.compare_runs.output.comparison,
         rules.runs_table.output.table,

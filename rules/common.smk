@@ -15,9 +15,13 @@ from vidtune.config import check_config, GENERATED_FORMATS
 from vidtune.errors import ConfigError
 from vidtune.prediction_shards import evaluation_key, prediction_settings
 from vidtune.reach import ANY, settings_for
+from vidtune.sweeps import expand_sweeps
 
 validate(config, schema="../workflow/schemas/config.schema.yaml", set_default=True)
 try:
+    # A swept run becomes its named runs here: everything below sees only runs as if written by hand.
+    expanded, SWEPT = expand_sweeps(config, config_file=(workflow.configfiles or ["config"])[-1])
+    config.update(expanded)
     check_config(config, config_file=(workflow.configfiles or ["config"])[-1])
 except ConfigError as error:
     raise WorkflowError(str(error)) from None

@@ -1,6 +1,7 @@
 # Report artefacts for `snakemake --report report.html`: per run the metrics table and chart, the
 # configuration and a gallery of test samples (the loss curve is flagged on the train rule); overall the
-# data summary and, across runs, one metrics table. train_all makes them, so the report needs no extra run.
+# data summary and the runs compared (best run per metric, every run with intervals and training cost, each
+# metric against each swept setting). train_all makes them, so the report needs no extra run.
 
 
 rule report_run:
@@ -59,6 +60,8 @@ rule report_overview:
         summaries=expand(rules.internvl_files.output.summary, dataset=USED_DATASETS),
         ingest=expand(rules.ingest.output.summary, dataset=USED_DATASETS),
         metrics=expand(rules.score.output.metrics, run=RUNS),
+        train=expand(rules.train.output.summary, run=RUNS),
+        comparison=rules.compare_runs.output.comparison,
     output:
         data=report(
             f"{RESULTS}/report/data_summary.html",
@@ -75,6 +78,7 @@ rule report_overview:
     params:
         datasets=USED_DATASETS,
         runs=RUNS,
+        swept=[SWEPT[run] for run in RUNS],
     log:
         f"{RESULTS}/logs/report_overview.log",
     message:

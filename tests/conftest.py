@@ -27,9 +27,10 @@ def load_default_config() -> dict:
     return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
-def quick_config() -> dict:
-    """The demo, cut to the least that still proves the DAG: 8 clips, a few training steps."""
-    config = load_default_config()
+def quick_config(config: dict | None = None) -> dict:
+    """The demo (or another config of the demo data, such as config/sweep_example.yaml), cut to the least
+    that still proves the DAG: 8 clips, a few training steps."""
+    config = load_default_config() if config is None else config
     config["demo"] = {"num_videos": 8, "seconds": 1, "size": 64}
     config["datasets"]["demo"]["split"] = {"train": 0.75, "val": 0.0, "test": 0.25, "seed": 0}
     training = config["runs"]["demo"]["training"]

@@ -19,8 +19,8 @@ from vidtune.samples import read_split_table
 
 pytestmark = pytest.mark.integration
 
-# The steps after scoring that tabulate and report a run's metrics.
-REPORTING = {"runs_table": 1, "report_run": 1, "report_overview": 1}
+# The steps after scoring that compare, tabulate and report a run's metrics.
+REPORTING = {"compare_runs": 1, "runs_table": 1, "report_run": 1, "report_overview": 1}
 
 
 def frame_folders(workflow) -> dict[str, int]:

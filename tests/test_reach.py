@@ -130,6 +130,8 @@ def changed_config(base: dict, leaf) -> dict:
     elif leaf.path == ("runs", ANY, "model"):  # another base model, built alike
         config["models"]["other"] = copy.deepcopy(config["models"][MODEL])
         set_key(config, path, "other")
+    elif leaf.path == ("runs", ANY, "sweep"):  # the run becomes two swept runs
+        set_key(config, path, {"training.lora.dropout": [0.0, 0.1]})
     elif leaf.path == ("models", ANY, "path"):  # a copy of the built model, given by path instead
         config["models"][MODEL] = {"path": f"results/models/{MODEL}-by-path"}
     else:

@@ -161,11 +161,51 @@ def test_config_and_data_summary(tmp_path):
     _no_leftovers(tmp_path)
 
 
-def test_cross_run_html(tmp_path):
-    report.cross_run_html({"b": _metrics(), "a": _metrics()}, tmp_path / "runs.html")
+def _run(cider: float, low: float, high: float, swept: dict) -> dict:
+    metrics = _metrics()
+    metrics["finetuned"]["CIDEr"] = cider
+    metrics["intervals"] = {
+        "finetuned": {"CIDEr": [low, high]},
+        "finetuned_minus_base": {"CIDEr": {"difference": cider, "low": low, "high": high,
+                                           "distinguishable": low > 0}}}
+    return {"metrics": metrics, "train": {"train_seconds": 12.5, "peak_memory_gib": 0.4,
+                                          "trainable_params": 123456}, "swept": swept}
+
+
+COMPARED = {
+    "r@training.lora.rank=8": _run(0.5, 0.1, 0.9, {"training.lora.rank": 8}),
+    "r@training.lora.rank=16": _run(0.7, -0.1, 1.2, {"training.lora.rank": 16}),
+}
+COMPARISON = {"resamples": 100, "seed": 0, "metrics": ["CIDEr"], "differences": [
+    {"first": "r@training.lora.rank=16", "second": "r@training.lora.rank=8",
+     "metrics": {"CIDEr": {"difference": -0.2, "low": -0.5, "high": 0.1, "distinguishable": False}}}]}
+
+
+def test_comparison_page(tmp_path):
+    report.comparison_html(COMPARED, COMPARISON, tmp_path / "runs.html")
     page = _text(tmp_path / "runs.html")
-    assert page.index("<td>a</td>") < page.index("<td>b</td>")
-    assert "0.200 → 0.300 (+50.0%)" in page
+    for heading in ("Best run per metric", "All runs", "Metrics against each swept setting",
+                    "Every two runs on the same test set"):
+        assert f"<h2>{heading}</h2>" in page
+    # Runs sorted; names may wrap after @ and +.
+    assert page.index("r@<wbr>training.lora.rank=16</td>") < page.index("r@<wbr>training.lora.rank=8</td>")
+    # The best CIDEr (rank 16) ahead of rank 8 by the stored difference, turned round, not distinguishable.
+    assert "by +0.200 <span class=\"interval\">[-0.100, 0.500]</span>: not distinguishable" in page
+    assert "0.500 <span class=\"interval\">[0.100, 0.900]</span>" in page  # a metric with its interval
+    assert "123,456" in page and 'src="data:image/png;base64,' in page
+    _no_leftovers(tmp_path)
+
+
+def test_metrics_table_markdown():
+    from vidtune.comparison import markdown_table
+
+    lines = markdown_table(COMPARED, COMPARISON).splitlines()
+    assert lines[0].startswith("| run | training.lora.rank | samples | Bleu_1 |")
+    assert lines[2].startswith("| r@training.lora.rank=16 | 16 | 12 | 0.300; +0.100 vs base |")
+    assert "0.700 [-0.100, 1.200]; +0.700 vs base ≈" in lines[2]
+    assert "0.500 [0.100, 0.900]; +0.500 vs base ✔" in lines[3]
+    assert "| CIDEr | r@training.lora.rank=16 | 0.700 | r@training.lora.rank=8 | +0.200 [-0.100, 0.500] ≈ |" in lines
+
 
 
 def test_captions_render_as_snakemake_renders_them():

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from vidtune.errors import DataError
-from vidtune.scoring import (CAPTION_METRICS, caption_scores, cross_run_table, is_structured,
+from vidtune.scoring import (CAPTION_METRICS, caption_scores, is_structured,
                              parse_json_object, score_run, structured_scores)
 
 REFERENCES = {
@@ -209,14 +209,3 @@ def test_json_detection():
         assert parse_json_object(text) is None
     with pytest.raises(DataError, match="text field"):
         structured_scores(STRUCTURED_REFS, STRUCTURED_PREDS, text_field="event")
-
-
-def test_cross_run_table():
-    metrics = {"base": {m: 0.5 for m in CAPTION_METRICS}, "finetuned": {m: 0.75 for m in CAPTION_METRICS},
-               "num_test_samples": 7}
-    zero = {**metrics, "base": {m: 0.0 for m in CAPTION_METRICS}}
-    table = cross_run_table({"zeta": zero, "alpha": metrics})
-    lines = table.strip().splitlines()
-    assert lines[0].startswith("| run | samples | Bleu_1")
-    assert lines[2].startswith("| alpha | 7 | 0.500 → 0.750 (+50.0%)")
-    assert lines[3].startswith("| zeta | 7 | 0.000 → 0.750 |")

@@ -17,7 +17,9 @@ import random
 from typing import Any, Iterable, Mapping
 
 from vidtune.atomic import atomic_path, write_text
-from vidtune.scoring import CAPTION_METRICS, PER_SAMPLE_METRIC, cross_run_rows
+from vidtune.comparison import MetricCell, best_runs, metric_cell, run_rows, swept_settings
+from vidtune.scoring import CAPTION_METRICS, PER_SAMPLE_METRIC
+from vidtune.sweeps import label
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1em; color: #222; }
@@ -32,6 +34,14 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .text { white-space: pre-wrap; background: #f8f8f8; padding: 0.3em 0.5em; margin: 0.2em 0; }
 .missing { color: #888; font-style: italic; }
 .note { color: #555; }
+.best { display: grid; grid-template-columns: repeat(auto-fill, minmax(15em, 1fr)); gap: 0.6em; margin: 0.5em 0 1.5em; }
+.best .card { margin: 0; } .best .metric { font-size: 0.8em; color: #555; text-transform: uppercase; }
+.best .run { font-weight: 600; } .best .score { font-size: 1.5em; }
+.interval { color: #777; font-size: 0.85em; white-space: nowrap; }
+td.top { background: #eaf5ea; font-weight: 600; }
+.runs td, .runs th { font-size: 0.85em; padding: 0.2em 0.4em; } .runs td.run { min-width: 12em; }
+.setting { background: #f3f0fa; }
+img.chart { max-width: 100%; width: 1100px; }
 """
 
 
@@ -121,10 +131,10 @@ def metrics_table_html(metrics: dict, out: str | os.PathLike) -> None:
     write_text(out, _page("Metrics: base vs finetuned", "\n".join(body)))
 
 
-def cross_run_html(metrics_by_run: Mapping[str, dict], out: str | os.PathLike) -> None:
-    """Every run's caption metrics, base → finetuned, in one table."""
-    header, rows = cross_run_rows(metrics_by_run)
-    write_text(out, _page("Metrics across runs", _table(header, rows)))
+def _figure_uri(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _save_figure(figure, out_png: str | os.PathLike) -> None:
@@ -319,3 +329,165 @@ def data_summary_html(summaries: Mapping[str, dict], out: str | os.PathLike) -> 
     if detail_rows:
         body += ["<h2>Details</h2>", _table(["dataset", "item", "value"], detail_rows)]
     write_text(out, _page("Data summary", "\n".join(body)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Runs compared
+# --------------------------------------------------------------------------------------------------
+
+_READING = ("Each score is the finetuned model's on the run's test samples, with its 95% paired bootstrap "
+            "interval in brackets (test samples resampled with replacement, each metric recomputed as a "
+            "corpus statistic: CIDEr's document frequencies, BLEU's n-gram counts). Below it, finetuned minus "
+            "base: <b>✔</b> when its interval leaves out 0 (distinguishable from zero), <b>≈</b> when it "
+            "does not (the difference may be noise). METEOR has no interval.")
+
+
+def _run_name(name: str) -> str:
+    """A run's name, allowed to wrap after the @ and + of swept values."""
+    return "<wbr>".join(_esc(part) for part in name.replace("@", "@\0").replace("+", "+\0").split("\0"))
+
+
+def _interval(low: float, high: float) -> str:
+    return f'<span class="interval">[{low:.3f}, {high:.3f}]</span>'
+
+
+def _difference_html(value: float, interval, distinguishable) -> str:
+    value = value if abs(value) >= 5e-4 else 0.0  # no "-0.000"
+    css = "" if not distinguishable or not value else "better" if value > 0 else "worse"
+    mark = "" if distinguishable is None else " ✔" if distinguishable else " ≈"
+    text = f'<span class="{css}">{value:+.3f}{mark}</span>'
+    return text + (" " + _interval(*interval) if interval else "")
+
+
+def _metric_td(cell: MetricCell, top: bool) -> str:
+    interval = " " + _interval(*cell.interval) if cell.interval else ""
+    return (f'<td class="num{" top" if top else ""}">{cell.value:.3f}{interval}<br>'
+            f"{_difference_html(cell.delta, cell.delta_interval, cell.distinguishable)}</td>")
+
+
+def _best_cards(runs: Mapping[str, dict], comparison: Mapping[str, Any]) -> str:
+    cards = []
+    for entry in best_runs(runs, comparison):
+        cell, margin = entry["cell"], entry["margin"]
+        interval = _interval(*cell.interval) if cell.interval else ""
+        if entry["runner_up"] is None:
+            ahead = "the only run"
+        elif margin is None:
+            ahead = f"ahead of {_run_name(entry['runner_up'])} (no interval: another test set, or METEOR)"
+        else:
+            verdict = "distinguishable" if margin["distinguishable"] else "not distinguishable from a tie"
+            ahead = (f"ahead of <span class=\"run\">{_run_name(entry['runner_up'])}</span> by "
+                     f"{margin['difference']:+.3f} {_interval(margin['low'], margin['high'])}: {verdict}")
+        cards.append(f'<div class="card"><div class="metric">{_esc(entry["metric"])}</div>'
+                     f'<div class="run">{_run_name(entry["run"])}</div><div class="score">{cell.value:.3f} '
+                     f'{interval}</div><div class="note">{ahead}</div></div>')
+    return '<div class="best">' + "".join(cards) + "</div>"
+
+
+def _runs_table(runs: Mapping[str, dict]) -> str:
+    header, rows = run_rows(runs)
+    settings = set(swept_settings(runs))
+    metric_columns = {i for i, name in enumerate(header) if name in CAPTION_METRICS}
+    top = {i: max(row[i].value for row in rows) for i in metric_columns}
+    head = "".join(f'<th class="setting">{".<wbr>".join(_esc(h).split("."))}</th>' if h in settings
+                   else f'<th>{_esc(h)}<br><span class="interval">minus base</span></th>' if h in CAPTION_METRICS
+                   else f"<th>{_esc(h)}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = [f'<td class="run">{_run_name(row[0])}</td>']
+        for i, value in enumerate(row[1:], 1):
+            if i in metric_columns:
+                cells.append(_metric_td(value, value.value == top[i] and len(rows) > 1))
+            elif header[i] == "trainable params" and value is not None:
+                cells.append(f'<td class="num">{value:,}</td>')
+            elif header[i] in ("train s", "peak GiB") and value is not None:
+                cells.append(f'<td class="num">{value:.1f}</td>')
+            elif header[i] in settings:
+                cells.append(f'<td class="num">{_esc(label(value)) if value is not None else "–"}</td>')
+            else:
+                cells.append(_cell(value))
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<table class="runs"><thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(body)
+            + "</tbody></table>")
+
+
+def _pairs_table(comparison: Mapping[str, Any]) -> str:
+    differences = comparison.get("differences", [])
+    if not differences:
+        return '<p class="note">No two runs share a test set.</p>'
+    metrics = comparison["metrics"]
+    head = "".join(f"<th>{_esc(m)}</th>" for m in ["run", "minus run", *metrics])
+    body = "".join(
+        f'<tr><td class="run">{_run_name(d["second"])}</td><td class="run">{_run_name(d["first"])}</td>'
+        + "".join(f'<td class="num">{_difference_html(v["difference"], (v["low"], v["high"]), v["distinguishable"])}'
+                  "</td>" for v in (d["metrics"][m] for m in metrics)) + "</tr>\n"
+        for d in differences)
+    return f'<table class="runs"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table>'
+
+
+def _sort_key(value: Any) -> tuple:
+    return (0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, str(value))
+
+
+def sweep_chart_uris(runs: Mapping[str, dict]) -> dict[str, str]:
+    """Per swept setting, a chart of each caption metric against it: the finetuned score with its interval,
+    one line per combination of the other swept settings."""
+    settings = swept_settings(runs)
+    charts = {}
+    for setting in settings:
+        values = sorted({run["swept"].get(setting) for run in runs.values()}, key=_sort_key)
+        others = [key for key in settings if key != setting]
+        groups: dict[str, list[str]] = {}
+        for name in sorted(runs):
+            group = ", ".join(f"{key.rsplit('.', 1)[-1]}={label(runs[name]['swept'].get(key))}" for key in others)
+            groups.setdefault(group, []).append(name)
+        figure = _figure(figsize=(10, 4.6))
+        axes = figure.subplots(2, 4).flatten()
+        for axis, metric in zip(axes, CAPTION_METRICS):
+            for n, (group, names) in enumerate(groups.items()):
+                names = sorted(names, key=lambda name: _sort_key(runs[name]["swept"].get(setting)))
+                x = [values.index(runs[name]["swept"].get(setting)) + (n - (len(groups) - 1) / 2) * 0.08
+                     for name in names]
+                cells = [metric_cell(runs[name]["metrics"], metric) for name in names]
+                errors = [[cell.value - cell.interval[0] if cell.interval else 0 for cell in cells],
+                          [cell.interval[1] - cell.value if cell.interval else 0 for cell in cells]]
+                axis.errorbar(x, [cell.value for cell in cells], yerr=errors, marker="o", markersize=4, capsize=3,
+                              linewidth=1.2, label=group or "runs")
+            axis.set_xticks(range(len(values)), [label(v) for v in values])
+            axis.set_xlim(-0.5, len(values) - 0.5)
+            axis.spines[["top", "right"]].set_visible(False)
+            axis.tick_params(labelsize=8)
+            axis.set_title(metric, fontsize=10)
+        handles, names = axes[0].get_legend_handles_labels()
+        axes[-1].set_axis_off()
+        axes[-1].legend(handles, names, frameon=False, fontsize=8, loc="center",
+                        title="other settings" if others else None, title_fontsize=8)
+        figure.supxlabel(setting, fontsize=10)
+        figure.tight_layout()
+        charts[setting] = _figure_uri(figure)
+    return charts
+
+
+def comparison_html(runs: Mapping[str, dict], comparison: Mapping[str, Any], out: str | os.PathLike) -> None:
+    """The report's comparison of every run: best run per metric, all runs with intervals, training cost
+    and swept settings, each metric against each swept setting, and every two runs' differences."""
+    settings = swept_settings(runs)
+    samples = sorted({run["metrics"]["num_test_samples"] for run in runs.values()})
+    summary = (f"{len(runs)} run{'s' if len(runs) != 1 else ''}, "
+               f"{' / '.join(str(n) for n in samples)} test samples"
+               + (f"; swept: {', '.join(settings)}" if settings else "; nothing swept"))
+    if comparison.get("resamples"):
+        summary += f"; {comparison['resamples']} bootstrap resamples (seed {comparison['seed']})"
+    body = [f'<p class="note">{_esc(summary)}.</p>', f'<p class="note">{_READING}</p>',
+            "<h2>Best run per metric</h2>", _best_cards(runs, comparison),
+            "<h2>All runs</h2>", _runs_table(runs)]
+    charts = sweep_chart_uris(runs)
+    if charts:
+        body += ["<h2>Metrics against each swept setting</h2>",
+                 '<p class="note">Finetuned score with its 95% interval; one line per combination of the '
+                 "other swept settings.</p>"]
+        body += [f"<h3>{_esc(setting)}</h3>\n"
+                 f'<img class="chart" alt="each metric against {_esc(setting)}" src="{chart}">'
+                 for setting, chart in charts.items()]
+    body += ["<h2>Every two runs on the same test set</h2>", _pairs_table(comparison)]
+    write_text(out, _page("Runs compared", "\n".join(body)))

@@ -3,7 +3,9 @@
 Caption metrics are pycocoevalcap's, computed the way COCO defines them: Stanford PTB tokenization
 (lower-cased, punctuation removed), then Bleu_1..4 (closest reference length), METEOR 1.5, ROUGE_L and
 CIDEr-D, whose IDF comes from the references of the evaluated set. So base and finetuned are always scored
-on exactly the same ids with all references per sample, in one call.
+on exactly the same ids with all references per sample, in one call. The tokenized captions are kept per
+sample, so that paired bootstrap intervals (:mod:`vidtune.bootstrap`) compare base with finetuned, and
+any two runs on the same test set, without tokenizing again.
 
 Two quirks of the pycocoevalcap wrappers are handled here rather than left to silently shift scores:
 
@@ -120,10 +122,11 @@ def _tokenize(captions: dict[Any, list[str]]) -> dict[Any, list[str]]:
 
 
 def _score_jobs(jobs: list[tuple[References, list[Predictions]]]
-                ) -> list[list[tuple[dict[str, float], dict[str, float]]]]:
+                ) -> tuple[list[list[tuple[dict[str, float], dict[str, float]]]], dict[tuple, list[str]]]:
     """Score several prediction sets, each against its references, with one tokenizer and METEOR run.
 
-    Returns, per job and per prediction set, (corpus metrics, per-sample score by id).
+    Returns, per job and per prediction set, (corpus metrics, per-sample score by id), and the tokenized
+    captions by (job, "ref" or prediction set, id).
     """
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
@@ -159,19 +162,19 @@ def _score_jobs(jobs: list[tuple[References, list[Predictions]]]
                 job_results.append(({k: float(corpus[k]) for k in CAPTION_METRICS},
                                     {i: float(s) for i, s in zip(ids, cider_per_sample)}))
             results.append(job_results)
-        return results
+        return results, tokens
     finally:
         meteor.__del__()  # stop the Java process now, not whenever the object is collected
 
 
 def caption_scores(references: References, predictions: Predictions) -> dict[str, float]:
     """COCO caption metrics (keys as pycocoevalcap names them) of predictions against references."""
-    return _score_jobs([(references, [predictions])])[0][0][0]
+    return _score_jobs([(references, [predictions])])[0][0][0][0]
 
 
 def per_sample_scores(references: References, predictions: Predictions) -> dict[str, float]:
     """Per-sample CIDEr-D (corpus IDF) by id: what ranks the report's best and worst examples."""
-    return _score_jobs([(references, [predictions])])[0][0][1]
+    return _score_jobs([(references, [predictions])])[0][0][0][1]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -347,14 +350,17 @@ def relative_change(base: Mapping[str, float], finetuned: Mapping[str, float]) -
     return {k: (finetuned[k] - base[k]) / base[k] if base[k] else None for k in base}
 
 
-def score_run(references: References, base: Predictions, finetuned: Predictions
-              ) -> tuple[dict, list[dict]]:
+def score_run(references: References, base: Predictions, finetuned: Predictions,
+              bootstrap: Mapping[str, Any] | None = None) -> tuple[dict, list[dict]]:
     """Score base and finetuned predictions on the same samples; returns (metrics, per-sample records).
 
     metrics: ``base`` and ``finetuned`` caption metrics, ``num_test_samples``, ``relative_change`` per
     metric, and ``structured`` (``base``/``finetuned`` :func:`structured_scores`) when the targets are
-    JSON objects. per_sample: sorted by id, ``{id, references, base, finetuned, base_score,
-    finetuned_score}`` with the :data:`PER_SAMPLE_METRIC` of each prediction.
+    JSON objects; ``intervals``: paired bootstrap intervals (:mod:`vidtune.bootstrap`, settings
+    ``bootstrap``: resamples, seed, confidence) of base, finetuned and finetuned minus base. per_sample:
+    sorted by id, ``{id, references, base, finetuned, base_score, finetuned_score, tokens}`` with the
+    :data:`PER_SAMPLE_METRIC` of each prediction and the PTB-tokenized captions (what run comparisons
+    resample).
     """
     if set(base) != set(finetuned):
         raise DataError("base and finetuned predictions cover different samples",
@@ -367,8 +373,11 @@ def score_run(references: References, base: Predictions, finetuned: Predictions
         structured = {"base": base_parts[0], "finetuned": ft_parts[0]}
         if base_parts[1]:
             jobs += [(base_parts[1], [base_parts[2]]), (ft_parts[1], [ft_parts[2]])]
-    results = _score_jobs(jobs)
+    results, tokens = _score_jobs(jobs)
     (base_corpus, base_samples), (ft_corpus, ft_samples) = results[0]
+    ids = sorted(references)
+    captions = {i: {"references": tokens[(0, "ref", i)], "base": tokens[(0, 0, i)][0],
+                    "finetuned": tokens[(0, 1, i)][0]} for i in ids}
     metrics: dict[str, Any] = {
         "base": base_corpus,
         "finetuned": ft_corpus,
@@ -380,37 +389,56 @@ def score_run(references: References, base: Predictions, finetuned: Predictions
             structured["base"]["text_scores"] = results[1][0][0]
             structured["finetuned"]["text_scores"] = results[2][0][0]
         metrics["structured"] = structured
+    metrics["intervals"] = run_intervals(captions, **(bootstrap or {}))
     per_sample = [
         {"id": i, "references": list(references[i]), "base": base[i], "finetuned": finetuned[i],
-         "base_score": base_samples[i], "finetuned_score": ft_samples[i]}
-        for i in sorted(references)
+         "base_score": base_samples[i], "finetuned_score": ft_samples[i], "tokens": captions[i]}
+        for i in ids
     ]
     return metrics, per_sample
+
+
+def run_intervals(captions: Mapping[str, dict], **settings) -> dict:
+    """Bootstrap intervals of a run's base and finetuned metrics and of finetuned minus base, from the
+    tokenized captions by id (``{references, base, finetuned}``)."""
+    from vidtune.bootstrap import Corpus, bootstrap
+
+    ids = sorted(captions)
+    corpus = Corpus([captions[i]["references"] for i in ids])
+    result = bootstrap(corpus, {which: [captions[i][which] for i in ids] for which in ("base", "finetuned")},
+                       [("base", "finetuned")], **settings)
+    result.update(result.pop("intervals"))  # base, finetuned: {metric: [low, high]}
+    result["finetuned_minus_base"] = result.pop("differences")[0]["metrics"]
+    return result
 
 
 # --------------------------------------------------------------------------------------------------
 # Across runs
 # --------------------------------------------------------------------------------------------------
 
-def cross_run_rows(metrics_by_run: Mapping[str, dict]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (run, samples, then ``base → finetuned (change)`` per metric), runs sorted."""
-    header = ["run", "samples", *CAPTION_METRICS]
-    rows = []
-    for run in sorted(metrics_by_run):
-        metrics = metrics_by_run[run]
-        change = metrics.get("relative_change") or relative_change(metrics["base"], metrics["finetuned"])
-        cells = [run, str(metrics["num_test_samples"])]
-        for name in CAPTION_METRICS:
-            delta = change.get(name)
-            cell = f"{metrics['base'][name]:.3f} → {metrics['finetuned'][name]:.3f}"
-            cells.append(cell + (f" ({delta:+.1%})" if delta is not None else ""))
-        rows.append(cells)
-    return header, rows
+def compare_runs(per_sample_by_run: Mapping[str, list[dict]], **settings) -> dict:
+    """Paired bootstrap of the finetuned metrics of every two runs scored on the same test set (the same
+    ids and tokenized references), from their per-sample records. Returns the settings, ``groups`` (runs
+    that share a test set) and ``differences`` (``second - first`` per pair, runs in sorted order)."""
+    from vidtune.bootstrap import Corpus, bootstrap
 
-
-def cross_run_table(metrics_by_run: Mapping[str, dict]) -> str:
-    """A Markdown table comparing base → finetuned caption metrics across runs."""
-    header, rows = cross_run_rows(metrics_by_run)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    groups: dict[str, list[str]] = {}
+    for run in sorted(per_sample_by_run):
+        records = sorted(per_sample_by_run[run], key=lambda record: record["id"])
+        test_set = json.dumps([[record["id"], record["tokens"]["references"]] for record in records])
+        groups.setdefault(test_set, []).append(run)
+    result: dict[str, Any] = {"groups": [], "differences": []}
+    for test_set, runs in groups.items():
+        result["groups"].append(runs)
+        if len(runs) < 2:
+            continue
+        references = [references for _, references in json.loads(test_set)]
+        captions = {run: [record["tokens"]["finetuned"]
+                          for record in sorted(per_sample_by_run[run], key=lambda record: record["id"])]
+                    for run in runs}
+        pairs = [(first, second) for n, first in enumerate(runs) for second in runs[n + 1:]]
+        compared = bootstrap(Corpus(references), captions, pairs, **settings)
+        result["differences"] += compared.pop("differences")
+        compared.pop("intervals")
+        result.update(compared)
+    return result

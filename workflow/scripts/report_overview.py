@@ -1,4 +1,4 @@
-"""Write the report's overview: data summary of every dataset, metrics of every run (rule report_overview)."""
+"""Write the report's overview: data summary of every dataset, every run compared (rule report_overview)."""
 
 from vidtune.runtime import start_script
 
@@ -7,17 +7,18 @@ log = start_script(snakemake, "report_overview")  # noqa: F821 - injected by Sna
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from vidtune.report import cross_run_html, data_summary_html  # noqa: E402
+from vidtune.report import comparison_html, data_summary_html  # noqa: E402
 
 
 def read(path):
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-inputs = snakemake.input
+inputs, params = snakemake.input, snakemake.params
 summaries = {name: {**read(ingest), **read(summary)}
-             for name, ingest, summary in zip(snakemake.params.datasets, inputs.ingest, inputs.summaries)}
+             for name, ingest, summary in zip(params.datasets, inputs.ingest, inputs.summaries)}
 data_summary_html(summaries, snakemake.output.data)
-cross_run_html({run: read(path) for run, path in zip(snakemake.params.runs, inputs.metrics)},
-               snakemake.output.runs)
+runs = {run: {"metrics": read(metrics), "train": read(train), "swept": swept}
+        for run, metrics, train, swept in zip(params.runs, inputs.metrics, inputs.train, params.swept)}
+comparison_html(runs, read(inputs.comparison), snakemake.output.runs)
 log.info("overview written")

@@ -1,4 +1,4 @@
-"""One table of every run's metrics, base vs finetuned (rule runs_table)."""
+"""Every run side by side with intervals, and the best run per metric, in Markdown (rule runs_table)."""
 
 from vidtune.runtime import start_script
 
@@ -8,7 +8,14 @@ import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from vidtune.atomic import write_text  # noqa: E402
-from vidtune.scoring import cross_run_table  # noqa: E402
+from vidtune.comparison import markdown_table  # noqa: E402
 
-metrics = {run: json.loads(Path(path).read_text()) for run, path in zip(snakemake.params.runs, snakemake.input.metrics)}
-write_text(snakemake.output.table, cross_run_table(metrics))
+
+def read(path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+inputs, params = snakemake.input, snakemake.params
+runs = {run: {"metrics": read(metrics), "train": read(train), "swept": swept}
+        for run, metrics, train, swept in zip(params.runs, inputs.metrics, inputs.train, params.swept)}
+write_text(snakemake.output.table, markdown_table(runs, read(inputs.comparison)))

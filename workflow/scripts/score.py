@@ -23,7 +23,7 @@ for table in snakemake.input.tables:
     for sample, _ in read_split_table(Path(table)):
         if sample.sample_id in base:
             references[sample.sample_id] = list(sample.references)
-metrics, per_sample = score_run(references, base, finetuned)
+metrics, per_sample = score_run(references, base, finetuned, snakemake.params.bootstrap)
 write_jsonl(snakemake.output.per_sample, per_sample)
 write_json(snakemake.output.metrics, metrics)
 log.info("metrics: %s", metrics)
