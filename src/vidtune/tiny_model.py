@@ -128,6 +128,15 @@ def build_processor(settings: dict, tokenizer: PreTrainedTokenizerFast,
                                       image_seq_length=image_seq_length(s), chat_template=chat_template)
 
 
+def save_model_folder(out_dir: Path, model, tokenizer, processor) -> None:
+    """A checkpoint folder as a released one: weights (safetensors), greedy generation defaults, processor."""
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False)
+    with atomic_dir(out_dir) as temp:
+        model.save_pretrained(temp, safe_serialization=True)
+        processor.save_pretrained(temp)
+
+
 def build_tiny_model(out_dir: Path, settings: dict) -> None:
     """Write a tiny InternVL checkpoint folder (safetensors, tokenizer, processor, chat template) to out_dir.
 
@@ -144,11 +153,7 @@ def build_tiny_model(out_dir: Path, settings: dict) -> None:
             model.model.language_model.norm.weight.fill_(FINAL_NORM_SCALE)
     finally:
         torch.random.set_rng_state(generator_state)
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False)
-    with atomic_dir(out_dir) as temp:
-        model.save_pretrained(temp, safe_serialization=True)
-        build_processor(settings, tokenizer).save_pretrained(temp)
+    save_model_folder(out_dir, model, tokenizer, build_processor(settings, tokenizer))
 
 
 # --- Real architectures with random weights ----------------------------------------------------------------
@@ -233,12 +238,8 @@ def build_architecture_model(out_dir: Path, settings: dict, device: str = "cpu")
             model = InternVLForConditionalGeneration._from_config(config, dtype=dtype)
     finally:
         torch.random.set_rng_state(generator_state)
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False)
-    with atomic_dir(out_dir) as temp:
-        model.save_pretrained(temp, safe_serialization=True)
-        del model
-        build_processor({"image_size": 448, "patch_size": 14}, tokenizer, INTERNVL3_CHAT_TEMPLATE).save_pretrained(temp)
+    save_model_folder(out_dir, model, tokenizer,
+                      build_processor({"image_size": 448, "patch_size": 14}, tokenizer, INTERNVL3_CHAT_TEMPLATE))
 
 
 def build_model(out_dir: Path, spec: dict) -> None:
