@@ -236,14 +236,13 @@ def test_prediction_shards_spread_over_both_nodes(slurm_nodes, demo_inputs, tmp_
         return workflow
 
     local = with_evaluation("one-shard", 1)
-    joined = base_predictions(local)
-    local.snakemake(joined)
-    spread = with_evaluation("four-shards", 4)
-    submit(spread, slurm_nodes, joined)
+    local.snakemake(base_predictions(local))
+    spread = with_evaluation("four-shards", 4)  # its base predictions are named for its own settings
+    submit(spread, slurm_nodes, base_predictions(spread))
     jobs = [job for job in jobs_of(slurm_nodes, spread.workdir) if job["rule"] == "predict_base"]
     assert len(jobs) == 4 and all(job["State"] == "COMPLETED" for job in jobs), jobs
     assert {job["NodeList"] for job in jobs} == {"vt-node1", "vt-node2"}, jobs
-    assert spread.path(joined).read_bytes() == local.path(joined).read_bytes()
+    assert spread.path(base_predictions(spread)).read_bytes() == local.path(base_predictions(local)).read_bytes()
 
 
 def base_predictions(workflow: Workflow) -> str:

@@ -198,7 +198,8 @@ def test_each_key_makes_exactly_its_reach_stale(finished, after, leaf):
     # Snakemake reports a job's own staleness only when nothing before it reruns (a job after a rerunning
     # one, or after a rerunning checkpoint, is simply planned): a declared rule it does not report must be
     # after one that runs. The real runs below show that those run.
-    unexplained = {rule for rule in declared - stale if not any(rule in after[p] for p in planned - {rule})}
+    # (A key that adds jobs, a sweep say, plans its new ones for their missing outputs.)
+    unexplained = {rule for rule in declared - stale - planned if not any(rule in after[p] for p in planned)}
     assert (stale or not declared) and not unexplained, \
         f"{leaf.name} should make {sorted(unexplained or declared)} stale"
 

@@ -53,7 +53,7 @@ def result_files(workflow: Workflow) -> set[str]:
     whose names carry steps, hosts and times). Base predictions are named for their settings, which here
     differ in the device (a GPU job's answers are stored apart from a CPU job's): that part is left out."""
     root = workflow.path("results")
-    return {re.sub(r"(predictions/base/[^/]+/)[^/.]+", r"\1<settings>", str(path.relative_to(root)))
+    return {re.sub(r"(predict(?:ions)?/base/[^/]+/)[^/.]+", r"\1<settings>", str(path.relative_to(root)))
             for path in root.rglob("*")
             if path.is_file() and "checkpoints" not in path.parts and "events.out.tfevents" not in path.name}
 

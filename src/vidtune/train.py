@@ -764,6 +764,11 @@ def main(argv: list[str] | None = None) -> None:
     options = parser.parse_args(argv)
     train(options.meta, options.model, options.out, options.training,
           trust_remote_code=options.trust_remote_code, log=options.log)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Process 0 writes the outputs while the others are done: they leave the group together, so no process
+        # exits with the group's threads still running (an abort, "terminate called without an active exception").
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
