@@ -18,11 +18,12 @@ from vidtune.reach import ANY, settings_for
 from vidtune.sweeps import expand_sweeps
 
 validate(config, schema="../workflow/schemas/config.schema.yaml", set_default=True)
+CONFIG_FILE = (workflow.configfiles or ["config"])[-1]  # named in configuration errors
 try:
     # A swept run becomes its named runs here: everything below sees only runs as if written by hand.
-    expanded, SWEPT = expand_sweeps(config, config_file=(workflow.configfiles or ["config"])[-1])
+    expanded, SWEPT = expand_sweeps(config, config_file=CONFIG_FILE)
     config.update(expanded)
-    check_config(config, config_file=(workflow.configfiles or ["config"])[-1])
+    check_config(config, config_file=CONFIG_FILE)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 

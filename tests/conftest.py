@@ -93,6 +93,15 @@ def parse_job_stats(output: str) -> dict[str, int]:
     return jobs
 
 
+def with_defaults(config: dict) -> dict:
+    """The config as the workflow sees it (schema defaults filled in)."""
+    from snakemake.utils import validate
+
+    filled = copy.deepcopy(config)
+    validate(filled, str(REPO / "workflow" / "schemas" / "config.schema.yaml"), set_default=True)
+    return filled
+
+
 def executed_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
     """Rule -> number of jobs a finished snakemake invocation really ran, from its own log."""
     counts: dict[str, int] = {}

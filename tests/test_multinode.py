@@ -24,7 +24,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import SNAKEMAKE, REPO, Workflow, quick_config
+from conftest import SNAKEMAKE, REPO, Workflow, quick_config, with_defaults
 from slurm_cluster import PROFILE, SlurmCluster, slurm_nodes  # noqa: F401 - the fixture
 from test_slurm import FAST_STATUS, jobs_of, submit
 from vidtune.train import COMPLETE_MARKER
@@ -247,11 +247,7 @@ def test_prediction_shards_spread_over_both_nodes(slurm_nodes, demo_inputs, tmp_
 
 def base_predictions(workflow: Workflow) -> str:
     """The joined base predictions the run's evaluation settings name (shared by runs with the same ones)."""
-    from snakemake.utils import validate
-
     from vidtune.prediction_shards import evaluation_key
 
-    config = copy.deepcopy(workflow.config)
-    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"), set_default=True)
-    run = config["runs"]["demo"]
+    run = with_defaults(workflow.config)["runs"]["demo"]
     return f"results/predictions/base/{run['model']}/{evaluation_key(run['datasets'], run['evaluation'])}.jsonl"

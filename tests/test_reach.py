@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, Workflow, executed_jobs, quick_config
+from conftest import REPO, Workflow, executed_jobs, quick_config, with_defaults
 from faults_tools import Run, processes_holding
 
 from vidtune.reach import ANY, TABLE_END, TABLE_START, leaves, reach_table, undeclared_leaves
@@ -90,15 +90,6 @@ def concrete(path: tuple[str, ...]) -> tuple[str, ...]:
     """The leaf's path in the demo config: <name> is the demo's dataset, model or run."""
     names = {"datasets": DATASET, "models": MODEL, "runs": RUN}
     return tuple(names[path[i - 1]] if part == ANY else part for i, part in enumerate(path))
-
-
-def with_defaults(config: dict) -> dict:
-    """The config as the workflow sees it (schema defaults filled in)."""
-    from snakemake.utils import validate
-
-    filled = copy.deepcopy(config)
-    validate(filled, str(REPO / "workflow" / "schemas" / "config.schema.yaml"), set_default=True)
-    return filled
 
 
 def another_value(leaf, current):
