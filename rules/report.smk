@@ -61,6 +61,7 @@ rule report_overview:
         ingest=expand(rules.ingest.output.summary, dataset=USED_DATASETS),
         metrics=expand(rules.score.output.metrics, run=RUNS),
         train=expand(rules.train.output.summary, run=RUNS),
+        checks=expand(rules.check_training_data.output.summary, run=RUNS),
         comparison=rules.compare_runs.output.comparison,
     output:
         data=report(

@@ -1,4 +1,7 @@
-# Finetune the base model on a run's training mix (LoRA, QLoRA or full; DeepSpeed and several GPUs when
+# check_training_data: the run's training records that its model can take (the rest go to rejects.jsonl
+# with a reason), as InternVL files that training reads without checking again.
+#
+# train: finetune the base model on a run's checked training mix (LoRA, QLoRA or full; DeepSpeed and several GPUs when
 # configured). Checkpoints live outside the declared outputs, in results/runs/<run>/train/checkpoints,
 # so a killed job resumes from the last complete one instead of starting over.
 # With training.nodes above 1 the job is one SLURM allocation of that many nodes with training.gpus GPUs
@@ -6,10 +9,36 @@
 # the executor from wrapping the script in an srun of its own). docs/cluster.md, "Multi-node training".
 
 
-rule train:
+rule check_training_data:
     input:
         meta=rules.run_meta.output.meta,
         train=dataset_split_file("train"),
+        model=run_model_folder,
+    output:
+        meta=f"{RESULTS}/runs/{{run}}/training_data/meta.json",
+        records=directory(f"{RESULTS}/runs/{{run}}/training_data/records"),
+        rejects=f"{RESULTS}/runs/{{run}}/training_data/rejects.jsonl",
+        summary=f"{RESULTS}/runs/{{run}}/training_data/summary.json",
+    params:
+        training=run_settings("check_training_data", "training"),
+    log:
+        f"{RESULTS}/logs/check_training_data/{{run}}.log",
+    message:
+        "Checking the training records of run {wildcards.run} against its model"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/vidtune.yaml"
+    script:
+        "../workflow/scripts/check_training_data.py"
+
+
+rule train:
+    input:
+        meta=rules.check_training_data.output.meta,
+        records=rules.check_training_data.output.records,
         model=run_model_folder,
     output:
         final=directory(f"{RESULTS}/runs/{{run}}/train/final"),
@@ -25,7 +54,7 @@ rule train:
     params:
         training=run_settings("train", "training"),
         model=model_settings("train"),
-        out_dir=f"{RESULTS}/runs/{{run}}/train",
+        out_dir=lambda wildcards, output: Path(output.summary).parent,
     log:
         f"{RESULTS}/logs/train/{{run}}.log",
     message:

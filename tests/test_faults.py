@@ -370,7 +370,7 @@ def test_a_model_folder_with_only_pickled_weights_is_refused_at_load(tmp_path):
 
     (tmp_path / "config.json").write_text('{"model_type": "internvl"}')
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04")
-    with pytest.raises(ModelError, match="no safetensors weights"):
+    with pytest.raises(ModelError, match="no .safetensors weights"):
         load_model(tmp_path)
 
 

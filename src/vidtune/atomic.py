@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from vidtune.errors import DataError
+
 
 STALE_AFTER_S = 24 * 3600  # a temporary from another host is only removed when this old
 _HOST = socket.gethostname()
@@ -138,3 +140,17 @@ def write_jsonl(path: str | os.PathLike, records: Iterator[dict] | list[dict]) -
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             count += 1
     return count
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a JSON Lines file (blank lines skipped); a line that is not JSON fails naming it."""
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise DataError(f"not valid JSON: {error.msg}", file=str(path), record=f"line {number}",
+                                    fix="rerun the step that wrote it") from None
+    return records

@@ -95,21 +95,27 @@ def check_config(config: dict, config_file: str = "config") -> None:
                               file=config_file, fix="give a dataset a val ratio or evaluate on test")
 
 
-def check_model_folder(path: str | Path, key: str, config_file: str = "config") -> None:
-    """A model folder must hold a transformers config.json with a model_type, and weights."""
+def model_folder_problem(path: str | Path) -> tuple[str, str] | None:
+    """What keeps ``path`` from being a model folder (a transformers config.json with a model_type, and
+    safetensors weights), with the fix; None when it is one."""
     folder = Path(path)
-    config_json = folder / "config.json"
     if not folder.is_dir():
-        raise ConfigError(f"{key}: model folder {folder} does not exist", file=config_file,
-                          fix="give the path of a local checkpoint folder (nothing is downloaded)")
+        return "model folder does not exist", "give the path of a local checkpoint folder (nothing is downloaded)"
     try:
-        model_type = json.loads(config_json.read_text()).get("model_type")
-    except (OSError, ValueError):
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
         model_type = None
     if not model_type:
-        raise ConfigError(f"{key}: {folder} is not a model folder (no config.json with a model_type)",
-                          file=config_file, fix="point it at a transformers checkpoint folder, such as a "
-                                                "local copy of OpenGVLab/InternVL3-8B-hf")
+        return ("not a model folder (no config.json with a model_type)",
+                "point it at a transformers checkpoint folder, such as a local copy of OpenGVLab/InternVL3-8B-hf")
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.safetensors.index.json")):
-        raise ConfigError(f"{key}: {folder} has no .safetensors weights", file=config_file,
-                          fix="convert the checkpoint to safetensors; pickled weights are not loaded")
+        return ("no .safetensors weights in the model folder",
+                "convert the checkpoint to safetensors; pickled weights are not loaded")
+    return None
+
+
+def check_model_folder(path: str | Path, key: str, config_file: str = "config") -> None:
+    """Fails at parse time, naming the key, when a configured model path is not a model folder."""
+    problem = model_folder_problem(path)
+    if problem:
+        raise ConfigError(f"{key}: {path}: {problem[0]}", file=config_file, fix=problem[1])

@@ -1,27 +1,5 @@
-"""Training files in InternVL's documented format, and InternVideo2.5's xtuner export.
-
-InternVL (``internvl_chat/shell/data/*.json`` and its chat-data-format docs): one JSON Lines file per
-split and dataset. A video is written in one of two forms (the dataset's ``internvl_video_form``)::
-
-    {"id": "demo/clip_000.mp4", "image": ["frames/cache/ab/<key>/frames/frame_000001.jpg", ...],
-     "conversations": [{"from": "human", "value": "Frame-1: <image>\nFrame-2: <image>\n<prompt>"},
-                       {"from": "gpt", "value": "<target>"}]}
-    {"id": "demo/clip_000.mp4", "video": "frames/cache/ab/<key>/frames/",
-     "conversations": [{"from": "human", "value": "<video>\n<prompt>"}, {"from": "gpt", "value": "<target>"}]}
-
-``images`` (the default) is InternVL's multi-image form with the ``Frame-<i>: <image>`` lines its own video
-expansion writes; its trainer loads it with PIL alone. ``video`` names the frame folder, which InternVL's
-trainer reads only through the optional ``petrel_client`` loader. Either way the folder holds only the
-frames ``frame_<n>.jpg``, and it already covers the clip window, so records carry no ``clip``. Images::
-
-    {"id": "coco/test/391895", "image": "<path>", "width": 640, "height": 480, "conversations": [...]}
-
-Paths in records are relative to the results folder (``base``): frames always; an image from a dataset
-whose root is relative is named from there too (``../data/...``), one whose root is absolute stays
-absolute. ``meta.json`` entries (``root``, ``annotation``, ``data_augment``, ``max_dynamic_patch``,
-``repeat_time``, ``length``) give ``root`` (the results folder) and ``annotation`` relative to meta.json's
-own folder, so moving or renaming the project or the results folder leaves every file loadable; InternVL's
-trainer resolves them against its working directory, so it runs from meta.json's folder.
+"""The internvl_files step: a dataset's split table and frame indexes become InternVL JSONL files per
+split (format: vidtune.internvl_format), its rejects and summary; and InternVideo2.5's xtuner export.
 
 Every file is written atomically with records sorted by id, so equal inputs give byte-identical files.
 """
@@ -37,27 +15,8 @@ from vidtune.adapters.base import container_duration
 from vidtune.rejects import reason_code
 from vidtune.atomic import write_json, write_jsonl
 from vidtune.errors import DataError
+from vidtune.internvl_format import conversation, image_record, portable_path, repeat_time, video_record
 from vidtune.samples import SPLITS, Sample, read_split_table
-
-
-VIDEO_FORMS = ("images", "video")
-
-
-def conversation(prompt: str, target: str, placeholder: str) -> list[dict]:
-    return [{"from": "human", "value": f"{placeholder}\n{prompt}"}, {"from": "gpt", "value": target}]
-
-
-def frame_lines(count: int) -> str:
-    """The placeholders of ``count`` frames as InternVL's video expansion writes them."""
-    return "\n".join(f"Frame-{number}: <image>" for number in range(1, count + 1))
-
-
-def portable_path(path: str | os.PathLike, start: str | os.PathLike) -> str:
-    """``path`` relative to the folder ``start``, unless it is absolute and outside ``start`` (a dataset
-    elsewhere on disk, which moves with neither the project nor the results folder)."""
-    if os.path.isabs(path) and os.path.commonpath([path, os.path.abspath(start)]) != os.path.abspath(start):
-        return str(path)
-    return os.path.relpath(path, start)
 
 
 def load_shard_indexes(paths: list[Path]) -> dict[str, dict]:
@@ -99,18 +58,12 @@ def _join(split_table: Path, shard_indexes: list[Path],
 
 
 def internvl_record(sample: Sample, item: dict, video_form: str, base: Path) -> dict:
-    """The record of one sample; paths relative to ``base`` (see :func:`portable_path`)."""
+    """The record of one sample from its extraction item; paths relative to ``base`` (see portable_path)."""
     if item["media_type"] == "image":
-        return {"id": sample.sample_id, "image": portable_path(item["image"], base), "width": item["width"],
-                "height": item["height"], "conversations": conversation(sample.prompt, sample.target, "<image>")}
-    frames_dir = portable_path(item["frames_dir"], base)
-    if video_form == "video":
-        return {"id": sample.sample_id, "video": frames_dir + "/",
-                "conversations": conversation(sample.prompt, sample.target, "<video>")}
-    if video_form != "images":
-        raise ValueError(f"internvl_video_form must be one of {VIDEO_FORMS}, not {video_form!r}")
-    return {"id": sample.sample_id, "image": [f"{frames_dir}/{name}" for name in item["frames"]],
-            "conversations": conversation(sample.prompt, sample.target, frame_lines(len(item["frames"])))}
+        return image_record(sample.sample_id, portable_path(item["image"], base), item["width"], item["height"],
+                            sample.prompt, sample.target)
+    return video_record(sample.sample_id, portable_path(item["frames_dir"], base), item["frames"], video_form,
+                        sample.prompt, sample.target)
 
 
 def _summary(dataset: str, per_split: Counter, rejects: list[dict], ingest_rejects: Path | None,
@@ -144,55 +97,6 @@ def write_internvl_dataset(split_table: Path, shard_indexes: list[Path], out_dir
     summary = _summary(dataset, per_split, rejects, ingest_rejects)
     write_json(out_dir / "summary.json", summary)
     return summary
-
-
-def _data_settings(cfg: dict) -> dict:
-    """The prompt and frame sampling a trained model must reproduce; the decode timeout is left out, so
-    changing it does not make training stale."""
-    settings = {key: cfg[key] for key in ("prompt", "frames") if key in cfg}
-    if "frames" in settings:
-        settings["frames"] = {k: v for k, v in settings["frames"].items() if k != "timeout_s"}
-    return settings
-
-
-def repeat_time(cfg: dict) -> int | float:
-    """The dataset's repeat_time as InternVL asserts it: an int when 1 or more, a share of the data below."""
-    value = cfg["repeat_time"]
-    if value >= 1:
-        if value != int(value):
-            raise ValueError(f"repeat_time above 1 must be a whole number, not {value}")
-        return int(value)
-    return value
-
-
-def meta_entry(annotation: Path, length: int, cfg: dict, *, root: Path, meta_dir: Path) -> dict:
-    """One dataset's entry in InternVL's meta.json: ``root`` (the folder its records' paths are relative
-    to) and ``annotation`` relative to ``meta_dir``, the folder meta.json is in.
-
-    ``data_settings`` (ignored by InternVL's trainer) carries the prompt and frame sampling into the trained
-    model's folder, so inference on a new video samples frames exactly as training did.
-    """
-    return {
-        "root": os.path.relpath(root, meta_dir) + os.sep,  # both in the results folder: always relative
-        "annotation": os.path.relpath(annotation, meta_dir),
-        "data_augment": False,
-        "max_dynamic_patch": int(cfg["max_dynamic_patch"]),
-        "repeat_time": repeat_time(cfg),
-        "length": int(length),
-        "data_settings": _data_settings(cfg),
-    }
-
-
-def write_meta(run_datasets: list[tuple[str, Path, int, dict]], out_path: Path, *, root: Path) -> dict:
-    """InternVL's meta.json mixing ``(name, jsonl path, length, dataset cfg)`` entries, whose records'
-    paths are relative to ``root`` (the results folder); returns it."""
-    meta = {name: meta_entry(Path(jsonl), length, cfg, root=root, meta_dir=Path(out_path).parent)
-            for name, jsonl, length, cfg in run_datasets}
-    if len(meta) != len(run_datasets):
-        raise DataError("a dataset appears twice in one run", file=str(out_path),
-                        fix="list each dataset once in runs.<run>.datasets")
-    write_json(out_path, meta)
-    return meta
 
 
 def internvideo_record(sample: Sample, root: Path) -> dict:
@@ -234,7 +138,7 @@ def write_internvideo_export(split_table: Path, shard_indexes: list[Path], out_d
         "root": portable_path(root, out_dir).rstrip(os.sep) + os.sep,
         "annotation": "train.jsonl",
         "data_augment": False,
-        "repeat_time": repeat_time(cfg),
+        "repeat_time": repeat_time(cfg["repeat_time"]),
         "video_read_type": "decord",
         "sampling_strategy": "all",
         "length": per_split["train"],

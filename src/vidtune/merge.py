@@ -17,8 +17,9 @@ import torch
 
 from vidtune.atomic import atomic_dir, write_json
 from vidtune.errors import ModelError
+from vidtune.internvl_format import record_text
 from vidtune.modeling import (checkpoint_dtype, collate, encode_sample, job_device, load_adapter_model, load_model,
-                              load_processor, load_record_media, move_batch, read_run_settings, record_text)
+                              load_processor, load_record_media, move_batch, read_run_settings)
 
 CHECK_RECORDS = 3
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ to ``max_dynamic_patch`` tiles plus a thumbnail (InternVL's dynamic tiling).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import re
@@ -21,20 +20,16 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, InternVLCon
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import is_torchvision_available
 
-from vidtune.config import schema_defaults
-from vidtune.errors import DataError, MediaError, ModelError
+from vidtune.config import model_folder_problem, schema_defaults
+from vidtune.errors import MediaError, ModelError
+from vidtune.internvl_format import record_media_paths
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 DATASET_DEFAULTS = schema_defaults("dataset")  # the prompt and tiling of a model trained without vidtune
-# Placeholders InternVL's own JSONL uses in the human turn.
-VIDEO_PLACEHOLDER = "<video>"
-IMAGE_PLACEHOLDER = "<image>"
 # Modules never quantised by QLoRA (full module paths; bitsandbytes matches short names too loosely).
 QLORA_SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
-_FRAME_NUMBER = re.compile(r"_(\d+)\.jpe?g$", re.IGNORECASE)
-_FRAME_LABEL = re.compile(r"^Frame-?\d+: (?=<image>)", re.MULTILINE)  # InternVL's frame label before <image>
 
 
 # --- Processor ---------------------------------------------------------------------------------------------
@@ -121,12 +116,9 @@ def quantization_config(dtype: torch.dtype = torch.bfloat16):
 
 def check_model_dir(path: str | Path) -> Path:
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise ModelError("not a model folder (no config.json)", file=path,
-                         fix="point the config at a transformers checkpoint folder (e.g. InternVL3-8B-hf)")
-    if not any(path.glob("*.safetensors")) and not (path / "model.safetensors.index.json").is_file():
-        raise ModelError("no safetensors weights in the model folder", file=path,
-                         fix="convert the checkpoint to safetensors; pickled .bin weights are not loaded")
+    problem = model_folder_problem(path)
+    if problem:
+        raise ModelError(problem[0], file=path, fix=problem[1])
     return path
 
 
@@ -299,61 +291,7 @@ def collate(samples: Sequence[dict[str, torch.Tensor]], pad_token_id: int, paddi
     return batch
 
 
-# --- InternVL-format records -------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class RecordText:
-    """The text side of one InternVL JSONL record."""
-
-    media_type: str
-    prompt: str          # the human turn without media placeholders (and without ``Frame-<i>:`` labels)
-    target: str | None   # the first gpt turn, if any
-    placeholders: int    # how many media placeholders the human turn had
-    media_count: int     # how many it should have: the frames of an ``image`` list, else 1
-
-
-def record_text(record: dict, file: str | None = None) -> RecordText:
-    """Reads both video forms: a frame folder (``video``, one ``<video>``) and a frame list (``image`` as a
-    list, one ``<image>`` per frame, each on a ``Frame-<i>: <image>`` line as InternVL's expansion writes)."""
-    record_id = str(record.get("id"))
-    if "video" in record:
-        media_type, placeholder, count = "video", VIDEO_PLACEHOLDER, 1
-    elif isinstance(record.get("image"), list):
-        media_type, placeholder, count = "video", IMAGE_PLACEHOLDER, len(record["image"])
-    elif "image" in record:
-        media_type, placeholder, count = "image", IMAGE_PLACEHOLDER, 1
-    else:
-        raise DataError("record has neither video nor image", file=file, record=record_id,
-                        fix="write InternVL JSONL with a video (frame folder) or image key")
-    conversations = record.get("conversations") or []
-    human = next((turn["value"] for turn in conversations if turn.get("from") == "human"), None)
-    if human is None:
-        raise DataError("record has no human turn", file=file, record=record_id)
-    gpt = next((turn["value"] for turn in conversations if turn.get("from") == "gpt"), None)
-    placeholders = human.count(placeholder)
-    prompt = _FRAME_LABEL.sub("", human).replace(placeholder, "").strip()
-    return RecordText(media_type, prompt, gpt, placeholders, count)
-
-
-def _frame_number(path: Path) -> int:
-    match = _FRAME_NUMBER.search(path.name)
-    return int(match.group(1)) if match else -1
-
-
-def record_media_paths(record: dict, root: str | Path) -> list[Path]:
-    """A video record's frames (a folder's sorted by their ``_<number>.jpg`` suffix, a list's in its order)
-    or an image record's image; empty when any is missing."""
-    root = Path(root)
-    if "video" in record:
-        folder = root / record["video"]
-        if not folder.is_dir():
-            return []
-        frames = [path for path in folder.iterdir() if _frame_number(path) >= 0]
-        return sorted(frames, key=_frame_number)
-    names = record["image"] if isinstance(record["image"], list) else [record["image"]]
-    paths = [root / name for name in names]
-    return paths if paths and all(path.is_file() for path in paths) else []
-
+# --- Media of InternVL-format records ---------------------------------------------------------------------
 
 def load_record_media(record: dict, root: str | Path) -> list[Image.Image]:
     """The record's frames (video) or its image, as RGB PIL images."""

@@ -13,7 +13,6 @@ plain base model).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -23,11 +22,11 @@ from typing import Sequence
 import torch
 
 from vidtune.config import schema_defaults
-from vidtune.atomic import write_jsonl
+from vidtune.atomic import read_jsonl, write_jsonl
 from vidtune.errors import VidtuneError, command_line
+from vidtune.internvl_format import record_media_paths, record_text
 from vidtune.modeling import (collate, encode_sample, job_device, load_adapter_model, load_images, load_model,
-                              load_processor, load_record_media, move_batch, read_run_settings,
-                              record_media_paths, record_text)
+                              load_processor, load_record_media, move_batch, read_run_settings)
 
 EVALUATION_DEFAULTS = schema_defaults("evaluation")
 log = logging.getLogger(__name__)
@@ -131,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         if path is not None and not path.exists():  # before the model loads, which can take minutes
             raise VidtuneError("no such file or folder", file=path, fix=f"check the {flag} path")
     if args.jsonl:
-        records = [json.loads(line) for line in args.jsonl.read_text(encoding="utf-8").splitlines()
-                   if line.strip()]
+        records = read_jsonl(args.jsonl)
         predictions = predict_records(args.model, records, args.root or args.jsonl.parent, evaluation,
                                       args.adapter)
         write_jsonl(args.out, predictions)

@@ -8,7 +8,8 @@ keys that reach the rule, in a canonical form (keys sorted, numbers typed by the
 that changes its output changed, and never for key order, formatting or a resource limit.
 
 The report's configuration page lists the settings that made a run's model and predictions, so every key
-that reaches ``train``, ``predict_base`` or ``predict_finetuned`` also reaches ``report_run`` (:data:`SHOWN_WITH`).
+that reaches ``check_training_data``, ``train``, ``predict_base`` or ``predict_finetuned`` also reaches
+``report_run`` (:data:`SHOWN_WITH`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from vidtune.config import _schema
 
 ANY = "*"  # a named entry: datasets.<name>, models.<name>, runs.<name>
 CONFIG_PAGE = "report_run"
-SHOWN_WITH = {"train", "predict_base", "predict_finetuned"}
+SHOWN_WITH = {"check_training_data", "train", "predict_base", "predict_finetuned"}
 TRAINED_WEIGHTS = "train"
 # Keys that reach training without changing the trained weights: the checkpoint fingerprint leaves them out.
 NOT_IN_WEIGHTS = {("runs", ANY, "training", "logging_steps")}

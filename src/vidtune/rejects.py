@@ -2,7 +2,8 @@
 
 A reject's reason reads ``<class>: <detail>``: the class is one of :data:`REASONS` (summaries count
 rejects by it, so counts add up across records and stages), the detail is the free text that names this
-record's own numbers and the fix. Ingestion and frame extraction both build reasons with :func:`reason`.
+record's own numbers and the fix. Ingestion, frame extraction and the training-data check build reasons
+with :func:`reason`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ REASONS = {
     "decode_timeout": "decoding ran past frames.timeout_s",
     "decoder_crashed": "the decoder process died",
     "extraction_failed": "an unexpected error while extracting (the message says which)",
+    # the training-data check (per run: the model's tokenizer and max_seq_length)
+    "no_answer": "the record has no gpt turn (or an empty one) to learn",
+    "placeholder_mismatch": "the human turn has another number of media placeholders than the record has media",
+    "over_length": "text plus visual tokens exceed training.max_seq_length",
 }
 # The class of a reason written before reasons had classes (an old cached frame record).
 UNCLASSIFIED = "unclassified"

@@ -302,11 +302,14 @@ def _reject_rows(dataset: str, rejects: Any) -> list[tuple[str, str, str, Any]]:
     return rows
 
 
-def data_summary_html(summaries: Mapping[str, dict], out: str | os.PathLike) -> None:
-    """Samples per split and rejects by reason, per dataset.
+def data_summary_html(summaries: Mapping[str, dict], out: str | os.PathLike,
+                      checks: Mapping[str, dict] | None = None) -> None:
+    """Samples per split and rejects by reason, per dataset; and per run, what its training-data check kept.
 
     A summary holds ``samples`` (``{split: n}``, or a count) and ``rejects`` (``{stage: {reason: n}}`` or
     ``{reason: n}``; ``rejects_by_reason`` is read too); its other plain values are listed as details.
+    ``checks`` maps runs to check_training_data summaries (``records``, ``accepted``, ``truncated``,
+    ``rejected``, ``rejects_by_reason``, ``tokens``).
     """
     splits = sorted({s for summary in summaries.values() if isinstance(summary.get("samples"), Mapping)
                      for s in summary["samples"]}, key=lambda s: ((("train", "val", "test") + (s,)).index(s), s))
@@ -328,6 +331,16 @@ def data_summary_html(summaries: Mapping[str, dict], out: str | os.PathLike) -> 
             else '<p class="note">No record was rejected.</p>']
     if detail_rows:
         body += ["<h2>Details</h2>", _table(["dataset", "item", "value"], detail_rows)]
+    if checks:
+        body += ["<h2>Training records checked against each run's model</h2>",
+                 '<p class="note">Records of the train split that training can take: the rest are left out by '
+                 "reason (results/runs/&lt;run&gt;/training_data/rejects.jsonl).</p>",
+                 _table(["run", "records", "accepted", "truncated", "left out", "by reason", "longest (tokens)",
+                         "max_seq_length"],
+                        [[run, check["records"], check["accepted"], check["truncated"], check["rejected"],
+                          ", ".join(f"{reason}: {n}" for reason, n in check["rejects_by_reason"].items()) or "-",
+                          check["tokens"]["longest"], check["tokens"]["max_seq_length"]]
+                         for run, check in sorted(checks.items())])]
     write_text(out, _page("Data summary", "\n".join(body)))
 
 

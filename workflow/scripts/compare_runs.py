@@ -4,15 +4,8 @@ from vidtune.runtime import start_script
 
 log = start_script(snakemake, "compare_runs")  # noqa: F821 - injected by Snakemake
 
-import json  # noqa: E402
-
-from vidtune.atomic import write_json  # noqa: E402
+from vidtune.atomic import read_jsonl, write_json  # noqa: E402
 from vidtune.scoring import compare_runs  # noqa: E402
-
-
-def read_jsonl(path):
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 per_sample = {run: read_jsonl(path) for run, path in zip(snakemake.params.runs, snakemake.input.per_sample)}

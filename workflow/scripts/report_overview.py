@@ -17,7 +17,8 @@ def read(path):
 inputs, params = snakemake.input, snakemake.params
 summaries = {name: {**read(ingest), **read(summary)}
              for name, ingest, summary in zip(params.datasets, inputs.ingest, inputs.summaries)}
-data_summary_html(summaries, snakemake.output.data)
+checks = {run: read(check) for run, check in zip(params.runs, inputs.checks)}
+data_summary_html(summaries, snakemake.output.data, checks)
 runs = {run: {"metrics": read(metrics), "train": read(train), "swept": swept}
         for run, metrics, train, swept in zip(params.runs, inputs.metrics, inputs.train, params.swept)}
 comparison_html(runs, read(inputs.comparison), snakemake.output.runs)

@@ -7,13 +7,9 @@ log = start_script(snakemake, "report_run")  # noqa: F821 - injected by Snakemak
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from vidtune.modeling import record_media_paths  # noqa: E402
+from vidtune.atomic import read_jsonl  # noqa: E402
+from vidtune.internvl_format import record_media_paths  # noqa: E402
 from vidtune.report import config_html, gallery_html, metrics_bar_chart, metrics_table_html  # noqa: E402
-
-
-def read_jsonl(path):
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 metrics = json.loads(Path(snakemake.input.metrics).read_text(encoding="utf-8"))

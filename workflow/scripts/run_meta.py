@@ -6,7 +6,7 @@ log = start_script(snakemake, "run_meta")  # noqa: F821 - injected by Snakemake
 
 from pathlib import Path  # noqa: E402
 
-from vidtune.internvl_files import write_meta  # noqa: E402
+from vidtune.internvl_format import write_meta  # noqa: E402
 
 datasets = snakemake.params.datasets
 entries = []

@@ -11,18 +11,20 @@ from pathlib import Path  # noqa: E402
 from vidtune.fingerprint import claim_state_folder, fingerprint  # noqa: E402
 from vidtune.reach import weight_settings  # noqa: E402
 from vidtune.train import train_job  # noqa: E402
+from vidtune.training.settings import TrainingSettings  # noqa: E402
 
 out_dir = Path(snakemake.params.out_dir)
 trust_remote_code = snakemake.params.model["trust_remote_code"]
 # Checkpoints are kept when the data and the settings that change the weights are the same: a larger
 # time limit (resources) or another logging interval resumes from the last one.
-current = fingerprint([snakemake.input.meta, *snakemake.input.train, snakemake.input.model],
+current = fingerprint([snakemake.input.meta, *sorted(Path(snakemake.input.records).glob("*.jsonl")),
+                       snakemake.input.model],
                       {"training": weight_settings(snakemake.params.training),
                        "trust_remote_code": trust_remote_code})
 if claim_state_folder(out_dir / "checkpoints", current):  # once, before any training process starts
     log.info("checkpoints of the same data and settings kept for resuming")
-training = {**snakemake.params.training, "save_steps": snakemake.resources.save_steps,
-            "save_total_limit": snakemake.resources.save_total_limit}
-summary = train_job(Path(snakemake.input.meta), Path(snakemake.input.model), out_dir, training,
+settings = TrainingSettings.from_config({**snakemake.params.training, "save_steps": snakemake.resources.save_steps,
+                                        "save_total_limit": snakemake.resources.save_total_limit})
+summary = train_job(Path(snakemake.input.meta), Path(snakemake.input.model), out_dir, settings,
                     trust_remote_code=trust_remote_code, log=log)
 log.info("summary: %s", summary)

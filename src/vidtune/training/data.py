@@ -1,0 +1,80 @@
+"""The training data: the records of an InternVL meta.json (as the check_training_data step wrote it),
+repeated as its ``repeat_time`` says, and encoded on the fly by the model's own processor."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from pathlib import Path
+
+import torch
+
+from vidtune.errors import DataError
+from vidtune.internvl_format import MetaDataset, read_meta, record_media_paths, record_text
+from vidtune.modeling import encode_sample, load_images
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainItem:
+    """One sample: which media files to load and the text around them."""
+
+    id: str
+    media_type: str
+    paths: tuple[Path, ...]
+    prompt: str
+    target: str
+    max_dynamic_patch: int
+
+
+def repeat_records(records: list[dict], repeat_time: float, seed: int) -> list[dict]:
+    """InternVL's repeat_time: whole copies, plus a seeded share of the records for the fraction."""
+    whole, fraction = int(repeat_time), repeat_time - int(repeat_time)
+    extra = random.Random(seed).sample(records, round(fraction * len(records))) if fraction else []
+    return records * whole + extra
+
+
+def train_item(record: dict, dataset: MetaDataset) -> TrainItem:
+    """The item of one record; a record without an answer or media fails naming it (the check step leaves
+    such records out, so this only happens to data that changed after it, or was never checked)."""
+    file, record_id = str(dataset.annotation), str(record.get("id"))
+    text = record_text(record, file)
+    paths = record_media_paths(record, dataset.root)
+    if text.target is None or not paths:
+        raise DataError("no gpt turn" if text.target is None else "media not found", file=file, record=record_id,
+                        fix="train on the check_training_data step's output (snakemake reruns it)")
+    return TrainItem(record_id, text.media_type, tuple(paths), text.prompt, text.target, dataset.max_dynamic_patch)
+
+
+def training_items(meta_path: str | Path, seed: int, log: logging.Logger) -> tuple[list[TrainItem], dict]:
+    """The items of every dataset of meta.json, and the data settings (prompt, frames, tiling) the trained
+    model keeps: the first dataset's."""
+    items, data_settings = [], None
+    for dataset in read_meta(meta_path):
+        settings = {**dataset.data_settings, "max_dynamic_patch": dataset.max_dynamic_patch}
+        if data_settings is None:
+            data_settings = settings
+        elif settings != data_settings:
+            log.warning("dataset %s has other prompt/frame settings than the first; the model keeps the first's",
+                        dataset.name)
+        items += [train_item(record, dataset)
+                  for record in repeat_records(dataset.records(), dataset.repeat_time, seed)]
+    if not items:
+        raise DataError("no training sample", file=str(meta_path),
+                        fix="see the check step's rejects.jsonl: every sample was left out")
+    log.info("%d training samples", len(items))
+    return items, data_settings
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    def __init__(self, items: list[TrainItem], processor):
+        self.items, self.processor = items, processor
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        images = load_images(item.paths, item.id)
+        return encode_sample(self.processor, images, item.prompt, item.target, media_type=item.media_type,
+                             max_dynamic_patch=item.max_dynamic_patch)
