@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 from vidtune.predict import predict_records  # noqa: E402
 from vidtune.tiny_model import build_architecture_model, write_synthetic_dataset  # noqa: E402
-from vidtune.train import read_jsonl  # noqa: E402
+from vidtune.atomic import read_jsonl  # noqa: E402
 
 SMALL = {"name": "internvl3-1b", "text_layers": 2, "vision_layers": 1, "vocab_size": 4096}
 

@@ -34,8 +34,13 @@ from conftest import Workflow, quick_config
 from vidtune.merge import merge
 from vidtune.modeling import load_processor
 from vidtune.tiny_model import write_synthetic_dataset
-from vidtune.train import (COMPLETE_MARKER, EncodedDataset, cli_arguments, deepspeed_config, launch_command,
-                           load_training_items, main, prepare_model, read_jsonl, train_job, training_settings)
+from vidtune.atomic import read_jsonl
+from vidtune.train import main, train_job
+from vidtune.training.checkpoints import COMPLETE_MARKER
+from vidtune.training.data import EncodedDataset, training_items
+from vidtune.training.launch import cli_arguments, deepspeed_config, launch_command
+from vidtune.training.model import prepare_model
+from vidtune.training.settings import TrainingSettings
 
 torch.set_num_threads(1)
 # 8 samples, batch 4: 2 steps an epoch, 4 steps; a checkpoint (with DeepSpeed's own state) at step 2.
@@ -45,40 +50,43 @@ QUICK = {"epochs": 2, "learning_rate": 2e-3, "batch_size": 4, "save_steps": 2, "
 
 # --- Config and command ------------------------------------------------------------------------------------
 
-def _trainer_view(config: dict, world_size: int, **arguments) -> list[str]:
-    """The mismatches transformers finds between a DeepSpeed config and the Trainer's own arguments."""
+def _settings(**training) -> TrainingSettings:
+    return TrainingSettings.from_config(training)
+
+
+def _as_the_trainer_fills_it(config: dict, world_size: int, **arguments) -> HfTrainerDeepSpeedConfig:
+    """The DeepSpeed config after transformers filled its "auto" values from the Trainer's arguments."""
     args = TrainingArguments(output_dir="unused", use_cpu=True, **arguments)
     fields = {field.name: getattr(args, field.name) for field in dataclasses.fields(args) if field.init}
-    checked = HfTrainerDeepSpeedConfig(json.loads(json.dumps(config)))
-    checked.trainer_config_process(SimpleNamespace(**fields, world_size=world_size))
-    return checked.mismatches
+    filled = HfTrainerDeepSpeedConfig(json.loads(json.dumps(config)))
+    filled.trainer_config_process(SimpleNamespace(**fields, world_size=world_size))
+    return filled
 
 
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 @pytest.mark.parametrize("world_size", [1, 2, 16])
-def test_config_batch_sizes_agree_with_the_trainer(stage, world_size):
-    training = {"deepspeed": stage, "batch_size": 2, "gradient_accumulation_steps": 4, "gpus": 8}
-    config = deepspeed_config(training, world_size=world_size)
-    assert config["train_micro_batch_size_per_gpu"] == 2 and config["gradient_accumulation_steps"] == 4
-    assert config["train_batch_size"] == 2 * 4 * world_size
-    trainer = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4}
-    assert _trainer_view(config, world_size, **trainer) == []
-    assert any("train_batch_size" in line for line in _trainer_view(config, world_size + 1, **trainer))
-    # Without a world size: one process per configured GPU.
-    assert deepspeed_config(training)["train_batch_size"] == 2 * 4 * 8
-    assert deepspeed_config({**training, "nodes": 3})["train_batch_size"] == 2 * 4 * 8 * 3
+def test_config_batch_sizes_are_the_trainers(stage, world_size):
+    # vidtune writes no batch arithmetic of its own: the Trainer fills micro-batch, accumulation, the
+    # global batch over every process, clipping and bf16 from its arguments.
+    config = deepspeed_config(_settings(deepspeed=stage, batch_size=2, gradient_accumulation_steps=4, gpus=8))
+    filled = _as_the_trainer_fills_it(config, world_size, per_device_train_batch_size=2,
+                                      gradient_accumulation_steps=4, bf16=False)
+    assert filled.mismatches == []
+    assert filled.config["train_micro_batch_size_per_gpu"] == 2 and filled.config["gradient_accumulation_steps"] == 4
+    assert filled.config["train_batch_size"] == 2 * 4 * world_size
+    assert filled.config["gradient_clipping"] == 1.0 and filled.config["bf16"]["enabled"] is False
 
 
 def test_config_offload():
-    zero2 = deepspeed_config({"deepspeed": "zero2", "offload": True})["zero_optimization"]
+    zero2 = deepspeed_config(_settings(deepspeed="zero2", offload=True))["zero_optimization"]
     assert zero2["stage"] == 2 and zero2["offload_optimizer"]["device"] == "cpu" and "offload_param" not in zero2
-    zero3 = deepspeed_config({"deepspeed": "zero3", "offload": True})["zero_optimization"]
+    zero3 = deepspeed_config(_settings(deepspeed="zero3", offload=True))["zero_optimization"]
     assert zero3["stage"] == 3 and zero3["offload_optimizer"]["device"] == "cpu"
     assert zero3["offload_param"]["device"] == "cpu" and zero3["stage3_gather_16bit_weights_on_model_save"]
-    plain = deepspeed_config({"deepspeed": "zero3"})["zero_optimization"]
+    plain = deepspeed_config(_settings(deepspeed="zero3"))["zero_optimization"]
     assert "offload_optimizer" not in plain and "offload_param" not in plain
     with pytest.raises(ValueError, match="zero2 or zero3"):
-        deepspeed_config({"deepspeed": "none"})
+        deepspeed_config(_settings(deepspeed="none"))
 
 
 def test_launch_command_and_cli_arguments(monkeypatch, tmp_path):
@@ -99,10 +107,11 @@ def test_launch_command_and_cli_arguments(monkeypatch, tmp_path):
         launch_command("vidtune.train", [], 4, nodes=2)
     calls = []
     monkeypatch.setattr(train_module, "train", lambda *args, **kwargs: calls.append((args, kwargs)))
-    training = {"method": "lora", "deepspeed": "zero3", "lora": {"rank": 8}}
-    main(cli_arguments(Path("m.json"), Path("base"), Path("out"), training, trust_remote_code=True))
-    assert calls == [((Path("m.json"), Path("base"), Path("out"), training),
-                      {"trust_remote_code": True, "log": None})]
+    settings = _settings(method="lora", deepspeed="zero3", lora={"rank": 8})
+    out = tmp_path / "out"
+    main(cli_arguments(Path("m.json"), Path("base"), out, settings, trust_remote_code=True))
+    assert calls == [((Path("m.json"), Path("base"), out, settings), {"trust_remote_code": True, "log": None})]
+    assert calls[0][0][3].lora.rank == 8  # typed settings, read back from the file every process reads
 
 
 # --- Real runs ---------------------------------------------------------------------------------------------
@@ -123,7 +132,7 @@ def _train_one_process(meta: Path, tiny: Path, out: Path, training: dict) -> sub
     """`python -m vidtune.train` as process 0 of 1, with the environment a launcher gives it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-    command = [sys.executable, "-m", "vidtune.train", *cli_arguments(meta, tiny, out, training)]
+    command = [sys.executable, "-m", "vidtune.train", *cli_arguments(meta, tiny, out, _settings(**training))]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -144,7 +153,7 @@ def test_zero_stage_trains_lora_that_merges(stage, offload, tiny, data, tmp_path
     losses = [entry["loss"] for entry in json.loads((tmp_path / "train" / "loss.json").read_text())]
     assert losses[-1] < losses[0]
     # Parameter counts are the whole model's, also where ZeRO-3 holds shards.
-    plain = prepare_model(tiny, training_settings({}), False, logging.getLogger("test"))
+    plain = prepare_model(tiny, _settings(), False, logging.getLogger("test"))
     assert summary["trainable_params"] == sum(p.numel() for p in plain.parameters() if p.requires_grad)
     assert summary["total_params"] == sum(p.numel() for p in plain.parameters())
     assert summary["weights_check"] == {"trainable_tensors": len([p for p in plain.parameters() if p.requires_grad]),
@@ -181,7 +190,7 @@ def test_two_processes_under_torchrun(deepspeed, tiny, data, tmp_path):
     log.setLevel(logging.INFO)
     log.addHandler(logging.FileHandler(log_file))
     training = {**QUICK, "batch_size": 2, "gpus": 2, "deepspeed": deepspeed}
-    summary = train_job(meta, tiny, tmp_path / "train", training, trust_remote_code=False, log=log)
+    summary = train_job(meta, tiny, tmp_path / "train", _settings(**training), trust_remote_code=False, log=log)
     text = log_file.read_text()
     assert "torch.distributed.run" in text and "--nproc_per_node=2" in text and "8 training samples" in text
     # 8 samples over 2 processes x 2 per batch: 2 steps an epoch, 4 in all, each of 4 samples.
@@ -189,7 +198,7 @@ def test_two_processes_under_torchrun(deepspeed, tiny, data, tmp_path):
     assert summary["samples_per_s"] * summary["train_seconds"] == pytest.approx(16, rel=0.01)
     # tokens/s counts both processes' tokens: every sample's real tokens, twice (2 epochs).
     processor = load_processor(tiny)
-    items = load_training_items(meta, processor, training_settings({}), log)[0]
+    items = training_items(meta, 0, log)[0]
     tokens = 2 * sum(int(sample["attention_mask"].sum()) for sample in EncodedDataset(items, processor))
     assert summary["tokens_per_s"] * summary["train_seconds"] == pytest.approx(tokens, rel=0.01)
     assert summary["weights_check"]["unchanged_tensors"] == 0
@@ -216,9 +225,10 @@ LAUNCH = """
 import json, logging, sys
 from pathlib import Path
 from vidtune.train import train_job
+from vidtune.training.settings import TrainingSettings
 logging.basicConfig(filename=sys.argv[4], level=logging.INFO)
-train_job(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[5]), False,
-          logging.getLogger("job"))
+train_job(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]),
+          TrainingSettings.from_config(json.loads(sys.argv[5])), False, logging.getLogger("job"))
 """
 
 

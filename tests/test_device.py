@@ -20,7 +20,8 @@ from vidtune.merge import merge
 from vidtune.modeling import checkpoint_dtype, choose_device, load_adapter_model
 from vidtune.predict import Predictor
 from vidtune.tiny_model import write_synthetic_dataset
-from vidtune.train import read_jsonl, train
+from vidtune.atomic import read_jsonl
+from vidtune.train import train
 
 torch.set_num_threads(1)
 

@@ -20,7 +20,8 @@ from PIL import Image
 
 import fixtures_datasets as fx
 from vidtune.frames import FrameSettings, build_manifests, extract_shard
-from vidtune.internvl_files import write_internvl_dataset, write_meta
+from vidtune.internvl_files import write_internvl_dataset
+from vidtune.internvl_format import write_meta
 from vidtune.samples import Sample, write_split_table
 
 

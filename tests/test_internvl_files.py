@@ -11,8 +11,8 @@ import pytest
 
 import fixtures_datasets as fx
 from vidtune.errors import DataError
-from vidtune.internvl_files import (meta_entry, portable_path, write_internvideo_export, write_internvl_dataset,
-                                    write_meta)
+from vidtune.internvl_files import write_internvideo_export, write_internvl_dataset
+from vidtune.internvl_format import meta_entry, portable_path, write_meta
 from vidtune.rejects import REASONS
 from vidtune.samples import Sample, write_split_table
 

@@ -17,7 +17,8 @@ from vidtune.errors import ModelError
 from vidtune.merge import merge
 from vidtune.modeling import load_processor
 from vidtune.tiny_model import write_synthetic_dataset
-from vidtune.train import read_jsonl, train
+from vidtune.atomic import read_jsonl
+from vidtune.train import train
 
 torch.set_num_threads(1)
 QUICK = {"max_steps": 3, "learning_rate": 5e-3, "batch_size": 2, "save_steps": 100, "warmup_ratio": 0.0}

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from conftest import SNAKEMAKE, REPO, Workflow, quick_config, with_defaults
 from slurm_cluster import PROFILE, SlurmCluster, slurm_nodes  # noqa: F401 - the fixture
 from test_slurm import FAST_STATUS, jobs_of, submit
-from vidtune.train import COMPLETE_MARKER
+from vidtune.training.checkpoints import COMPLETE_MARKER
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 

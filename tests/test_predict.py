@@ -15,7 +15,8 @@ import torch
 
 from vidtune.predict import main, predict_records
 from vidtune.tiny_model import synthetic_frames, write_synthetic_dataset
-from vidtune.train import read_jsonl, train
+from vidtune.atomic import read_jsonl
+from vidtune.train import train
 
 torch.set_num_threads(1)
 

@@ -17,9 +17,12 @@ import torch
 from PIL import Image
 
 from conftest import Workflow, load_default_config
-from vidtune.modeling import (build_messages, encode_sample, load_images, load_model, load_processor,
-                              load_record_media, record_text)
-from vidtune.train import check_sample, lora_target_modules, prepare_model, read_jsonl, training_settings
+from vidtune.atomic import read_jsonl
+from vidtune.check_training_data import check_record
+from vidtune.internvl_format import record_media_paths, record_text
+from vidtune.modeling import build_messages, encode_sample, load_images, load_model, load_processor, load_record_media
+from vidtune.training.model import lora_target_modules, prepare_model
+from vidtune.training.settings import TrainingSettings
 
 torch.set_num_threads(1)
 FRAMES = 8
@@ -57,7 +60,10 @@ def test_workflow_runs_end_to_end_at_the_real_shape(real_run):
     assert config["text_config"]["hidden_size"] == 896 and config["text_config"]["num_hidden_layers"] == 2
     assert config.get("dtype", config.get("torch_dtype")) == "bfloat16"
     summary = json.loads(real_run.path("results/runs/real/train/train_summary.json").read_text())
-    assert summary["steps"] == 2 and summary["dropped_samples"] == []
+    assert summary["steps"] == 2
+    checked = json.loads(real_run.path("results/runs/real/training_data/summary.json").read_text())
+    assert checked["rejected"] == 0 and checked["accepted"] == summary["num_samples"]
+    assert checked["tokens"]["longest"] > FRAMES * TOKENS_PER_TILE  # the visual tokens are counted
     check = json.loads(real_run.path("results/runs/real/merged/merge_check.json").read_text())
     assert check["passed"] and check["dtype"] == "bfloat16" and check["device"] == "cpu"
     metrics = json.loads(real_run.path("results/runs/real/metrics.json").read_text())
@@ -93,13 +99,15 @@ def test_visual_tokens_per_sample_and_max_seq_length_at_448(real_run):
     # A limit between 5 and 6 frames' worth: truncate_frames keeps the most frames that fit, drop drops.
     per_frame = TOKENS_PER_TILE + 2 + len(processor.tokenizer("Frame1: \n")["input_ids"])
     limit = length - 2 * per_frame - 1
-    settings = training_settings({"max_seq_length": limit, "over_length": "truncate_frames"})
-    item, reason = check_sample(processor, record, root, 6, settings, "train.jsonl")
-    assert item is not None and len(item.paths) < FRAMES and item.length <= limit and "truncated" in reason
-    kept = encode_sample(processor, load_images(item.paths), text.prompt, text.target)
-    assert len(kept["input_ids"]) == item.length
-    item, reason = check_sample(processor, record, root, 6, {**settings, "over_length": "drop"}, "train.jsonl")
-    assert item is None and "over max_seq_length" in reason
+    checked = check_record(processor, record, root, 6, limit, "truncate_frames", "train.jsonl")
+    paths = record_media_paths(checked.record, root)
+    assert 1 < len(paths) < FRAMES and checked.tokens <= limit and "truncated" in checked.reason
+    kept = encode_sample(processor, load_images(paths), text.prompt, text.target)
+    assert len(kept["input_ids"]) == checked.tokens  # the check counts exactly what training encodes
+    assert len(encode_sample(processor, load_images(paths[:1] * (len(paths) + 1)), text.prompt,
+                             text.target)["input_ids"]) > limit  # one frame more would not fit
+    dropped = check_record(processor, record, root, 6, limit, "drop", "train.jsonl")
+    assert dropped.record is None and dropped.reason.startswith("over_length: ")
 
 
 def test_images_are_tiled_dynamically(real_run, tmp_path):
@@ -115,7 +123,7 @@ def test_qlora_quantises_the_real_layer_set(real_run):
     import bitsandbytes as bnb
 
     model_dir = real_run.path("results/models/internvl3-1b-2l")
-    model = prepare_model(model_dir, training_settings({"method": "qlora", "lora": {"rank": 8}}), False,
+    model = prepare_model(model_dir, TrainingSettings.from_config({"method": "qlora", "lora": {"rank": 8}}), False,
                           __import__("logging").getLogger("test"))
     quantised = {name.removeprefix("base_model.model.").rsplit(".", 1)[0] if name.endswith(".base_layer")
                  else name.removeprefix("base_model.model.")

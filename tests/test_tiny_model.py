@@ -12,8 +12,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from vidtune.errors import MediaError, ModelError
+from vidtune.internvl_format import record_text
 from vidtune.modeling import (IGNORE_INDEX, build_messages, collate, encode_sample, load_model, load_processor,
-                              load_record_media, record_text)
+                              load_record_media)
 from vidtune.tiny_model import build_tiny_model, synthetic_frames
 
 from conftest import TRAINING_TEST_MODEL
@@ -113,7 +114,7 @@ def test_records_frames_sorted_by_number_and_errors(tmp_path):
 def test_not_a_model_folder_names_it(tmp_path):
     with pytest.raises(ModelError, match=str(tmp_path)):
         load_model(tmp_path)
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text('{"model_type": "internvl"}')
     (tmp_path / "pytorch_model.bin").write_text("")
     with pytest.raises(ModelError, match="safetensors"):
         load_model(tmp_path)

@@ -20,9 +20,15 @@ import torch
 from safetensors.torch import save_file
 
 from vidtune.errors import DataError, ModelError
+from vidtune.internvl_format import frame_lines
 from vidtune.tiny_model import write_synthetic_dataset
-from vidtune.train import (COMPLETE_MARKER, ProgressLine, check_weights_changed, deepspeed_config,
-                           launch_command, load_training_items, train)
+from vidtune.train import train
+from vidtune.training.checkpoints import COMPLETE_MARKER
+from vidtune.training.data import repeat_records, training_items
+from vidtune.training.launch import deepspeed_config, launch_command
+from vidtune.training.model import check_weights_changed, lora_target_modules
+from vidtune.training.progress import ProgressLine
+from vidtune.training.settings import TrainingSettings
 
 torch.set_num_threads(1)
 FAST = {"epochs": 4, "learning_rate": 2e-3, "batch_size": 4, "save_steps": 4, "warmup_ratio": 0.0,
@@ -72,7 +78,6 @@ def test_qlora_quantises_the_language_model_only(tiny):
 
 def test_lora_targets_the_language_model_only(tiny):
     from vidtune.modeling import load_model
-    from vidtune.train import lora_target_modules
 
     model = load_model(tiny)
     targets = lora_target_modules(model)
@@ -82,25 +87,22 @@ def test_lora_targets_the_language_model_only(tiny):
     assert any(".vision_tower." in name for name in lora_target_modules(model, vision=True))
 
 
-def test_over_long_samples_dropped_or_truncated(tiny, meta):
-    from vidtune.modeling import load_processor
-
-    processor = load_processor(tiny)
-    limit = 50  # one 32px frame is 4 visual tokens + 2; two frames and the text don't fit
-    items, dropped, truncated, _ = load_training_items(
-        meta, processor, {"max_seq_length": limit, "over_length": "truncate_frames", "seed": 0}, _log())
-    assert truncated and all("to 1 frames" in entry["reason"] for entry in truncated)
-    assert all(item.length <= limit for item in items)
-    with pytest.raises(DataError, match="no usable training sample"):
-        load_training_items(meta, processor, {"max_seq_length": 20, "over_length": "drop", "seed": 0}, _log())
-
-
-def test_both_video_forms_give_the_same_items_from_any_working_directory(tiny, meta, tmp_path, monkeypatch):
+def test_both_video_forms_give_the_same_items_from_any_working_directory(meta, tmp_path, monkeypatch):
     """A frame folder (``video``) and a frame list (``image`` + ``Frame-<i>: <image>`` lines) train alike;
     meta.json's relative root and annotation are read from meta.json's folder, not the working directory."""
-    from vidtune.internvl_files import frame_lines
-    from vidtune.modeling import load_processor
+    listed_meta = write_frame_list_copy(meta, tmp_path)
+    monkeypatch.chdir("/")
 
+    def described(meta_path):
+        items, _ = training_items(meta_path, 0, _log())
+        return [(i.id, i.media_type, [p.resolve() for p in i.paths], i.prompt, i.target) for i in items]
+
+    assert described(listed_meta) == described(meta)
+    assert any(media_type == "video" for _, media_type, *_ in described(meta))
+
+
+def write_frame_list_copy(meta: Path, out: Path) -> Path:
+    """The dataset of ``meta`` with its frame-folder records rewritten as frame lists, in ``out``."""
     folder = meta.parent
     listed = []
     for record in map(json.loads, (folder / "train.jsonl").read_text().splitlines()):
@@ -111,20 +113,23 @@ def test_both_video_forms_give_the_same_items_from_any_working_directory(tiny, m
             record = {"id": record["id"], "image": [f"{record['video']}{frame.name}" for frame in frames],
                       "conversations": [{"from": "human", "value": f"{frame_lines(len(frames))}\n{prompt}"}, gpt]}
         listed.append(record)
-    (tmp_path / "listed.jsonl").write_text("".join(json.dumps(record) + "\n" for record in listed))
+    (out / "listed.jsonl").write_text("".join(json.dumps(record) + "\n" for record in listed))
     entry = {**json.loads(meta.read_text())["synthetic"], "annotation": "listed.jsonl",
-             "root": os.path.relpath(folder, tmp_path) + "/"}
-    (tmp_path / "meta.json").write_text(json.dumps({"synthetic": entry}))
-    monkeypatch.chdir("/")
-    processor = load_processor(tiny)
-    settings = {"max_seq_length": 4096, "over_length": "drop", "seed": 0}
+             "root": os.path.relpath(folder, out) + "/"}
+    (out / "meta.json").write_text(json.dumps({"synthetic": entry}))
+    return out / "meta.json"
 
-    def described(meta_path):
-        items, dropped, _, _ = load_training_items(meta_path, processor, settings, _log())
-        assert not dropped
-        return [(i.id, i.media_type, [p.resolve() for p in i.paths], i.prompt, i.target, i.length) for i in items]
 
-    assert described(tmp_path / "meta.json") == described(meta)
+def test_training_stops_at_a_record_it_cannot_load(meta, tmp_path):
+    """Training does not check records again, but one whose media went missing after the check fails naming
+    it rather than being skipped."""
+    copy = write_frame_list_copy(meta, tmp_path)
+    lines = (tmp_path / "listed.jsonl").read_text().splitlines()
+    broken = json.loads(lines[0])
+    broken["image"] = ["gone.jpg"] * len(broken["image"]) if isinstance(broken["image"], list) else "gone.jpg"
+    (tmp_path / "listed.jsonl").write_text("\n".join([json.dumps(broken), *lines[1:]]) + "\n")
+    with pytest.raises(DataError, match=f"media not found.*{broken['id']}|{broken['id']}.*media not found"):
+        training_items(copy, 0, _log())
 
 
 def _log():
@@ -147,17 +152,22 @@ def test_weights_check_catches_untrained_lora(tmp_path):
 
 
 def test_deepspeed_config_and_launch():
-    config = deepspeed_config({"deepspeed": "zero3", "offload": True, "batch_size": 2,
-                               "gradient_accumulation_steps": 4, "gpus": 4})
-    assert config["train_batch_size"] == 2 * 4 * 4
-    assert config["train_micro_batch_size_per_gpu"] == 2 and config["gradient_accumulation_steps"] == 4
+    config = deepspeed_config(TrainingSettings.from_config({"deepspeed": "zero3", "offload": True, "gpus": 4}))
     zero = config["zero_optimization"]
     assert zero["stage"] == 3 and zero["offload_param"]["device"] == "cpu"
     assert zero["stage3_gather_16bit_weights_on_model_save"]
-    assert "offload_param" not in deepspeed_config({"deepspeed": "zero2", "offload": True})["zero_optimization"]
+    assert config["train_batch_size"] == "auto"  # the Trainer fills it (tests/test_deepspeed.py)
     assert launch_command("train.py", ["--x"], 1) == [sys.executable, "train.py", "--x"]
     command = launch_command("train.py", ["--x"], 4)
     assert "torch.distributed.run" in command and "--nproc_per_node=4" in command and command[-2:] == ["train.py", "--x"]
+
+
+def test_settings_are_typed_and_take_the_schemas_defaults():
+    settings = TrainingSettings.from_config({"method": "qlora", "lora": {"rank": 4}})
+    assert settings.method == "qlora" and settings.lora.rank == 4 and settings.lora.alpha == 32
+    assert settings.max_seq_length == 8192 and settings.processes_per_node == 1
+    with pytest.raises(Exception, match="unknown training settings \\['lora_rank'\\]"):
+        TrainingSettings.from_config({"lora_rank": 4})
 
 
 SLOW_TRAIN = """
@@ -165,8 +175,9 @@ import sys, time, torch
 torch.set_num_threads(1)
 from pathlib import Path
 import vidtune.train as t
-get = t.EncodedDataset.__getitem__
-t.EncodedDataset.__getitem__ = lambda self, i: (time.sleep(float(sys.argv[4])), get(self, i))[1]
+from vidtune.training.data import EncodedDataset
+get = EncodedDataset.__getitem__
+EncodedDataset.__getitem__ = lambda self, i: (time.sleep(float(sys.argv[4])), get(self, i))[1]
 t.train(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]),
         {"epochs": 6, "learning_rate": 2e-3, "batch_size": 2, "save_steps": 3, "save_total_limit": 2,
          "lora": {"dropout": 0.0}}, log=Path(sys.argv[3]) / "train.log")
@@ -219,8 +230,6 @@ def test_resume_after_sigkill_and_checkpoint_on_sigterm(tiny, meta, tmp_path):
 
 
 def test_repeat_time_follows_internvl():
-    from vidtune.train import repeat_records
-
     records = [{"id": str(index)} for index in range(10)]
     assert len(repeat_records(records, 2, seed=0)) == 20
     half = repeat_records(records, 0.5, seed=0)
@@ -233,7 +242,7 @@ def test_progress_is_a_line_every_few_percent_and_every_record_in_the_log(caplog
     stream = io.StringIO()
     progress = ProgressLine(logging.getLogger("test.progress"), stream=stream)
     args = SimpleNamespace(per_device_train_batch_size=2, gradient_accumulation_steps=2, world_size=1)
-    state = SimpleNamespace(global_step=0, max_steps=900, is_world_process_zero=True)
+    state = SimpleNamespace(global_step=0, max_steps=900, is_world_process_zero=True, num_input_tokens_seen=0)
     progress.on_train_begin(args, state, None)
     with caplog.at_level(logging.INFO, logger="test.progress"):
         for step in range(1, 901):

@@ -90,6 +90,7 @@ def cli_arguments(meta_path: Path, model_dir: Path, out_dir: Path, settings: Tra
     """The arguments of ``python -m vidtune.train`` (see its main) for one training; the settings go to
     ``out_dir/training_settings.json``, which every process reads."""
     settings_file = Path(out_dir) / "training_settings.json"
+    settings_file.parent.mkdir(parents=True, exist_ok=True)
     settings.write(settings_file)
     return ["--meta", str(meta_path), "--model", str(model_dir), "--out", str(out_dir),
             "--settings", str(settings_file), *(["--trust-remote-code"] * trust_remote_code)]
