@@ -44,7 +44,7 @@ DATA_OUTPUTS = [
     [expand(rules.extract_frames.output.index, dataset=d, shard=shard_ids(d)) for d in USED_DATASETS],
     expand(rules.internvl_files.output.summary, dataset=USED_DATASETS),
     expand(rules.run_meta.output.meta, run=RUNS),
-    expand(rules.check_training_data.output.summary, run=RUNS),
+    expand(rules.training_meta.output.meta, run=RUNS),
 ]
 MODEL_OUTPUTS = [
     expand(rules.train.output.summary, run=RUNS),

@@ -99,8 +99,12 @@ def run_model_folder(wildcards):
     return model_folder(config["runs"][wildcards.run]["model"])
 
 
+def run_datasets_of(run):
+    return config["runs"][run]["datasets"]
+
+
 def run_datasets(wildcards):
-    return config["runs"][wildcards.run]["datasets"]
+    return run_datasets_of(wildcards.run)
 
 
 def run_threads(section):
@@ -153,6 +157,14 @@ def dataset_split_file(split):
         return split_files(config["runs"][wildcards.run]["datasets"], split)
 
     return files
+
+
+def checked_training_records(wildcards):
+    """The run's datasets' checked training records, through the check_training_data checkpoint."""
+    return [
+        checkpoints.check_training_data.get(run=wildcards.run, dataset=dataset).output.records
+        for dataset in run_datasets(wildcards)
+    ]
 
 
 def evaluation_files(wildcards):

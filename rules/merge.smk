@@ -5,7 +5,7 @@ rule merge:
     input:
         base=run_model_folder,
         trained=rules.train.output.final,
-        check=dataset_split_file("train"),
+        check=checked_training_records,  # a few records the model takes, for the logit check
     output:
         model=directory(f"{RESULTS}/runs/{{run}}/merged"),  # holds merge_check.json, the logit check
     params:

@@ -32,6 +32,10 @@ rule predict_base:
 rule predict_finetuned:
     input:
         model=rules.merge.output.model,
+        # Not read: Snakemake plans the jobs after a checkpoint again once it has run, but keeps its first plan
+        # for a job that only follows one; with the checked records as input this job is planned again after
+        # check_training_data, so a check that accepts the same records as before leaves it as it was.
+        checked=checked_training_records,
         records=evaluation_files,
     output:
         predictions=f"{RESULTS}/runs/{{run}}/predictions/finetuned/{{shard}}.jsonl",

@@ -61,7 +61,7 @@ rule report_overview:
         ingest=expand(rules.ingest.output.summary, dataset=USED_DATASETS),
         metrics=expand(rules.score.output.metrics, run=RUNS),
         train=expand(rules.train.output.summary, run=RUNS),
-        checks=expand(rules.check_training_data.output.summary, run=RUNS),
+        checks=[expand(rules.check_training_data.output.summary, run=run, dataset=run_datasets_of(run)) for run in RUNS],
         comparison=rules.compare_runs.output.comparison,
     output:
         data=report(
@@ -79,6 +79,7 @@ rule report_overview:
     params:
         datasets=USED_DATASETS,
         runs=RUNS,
+        checked=[run for run in RUNS for _ in run_datasets_of(run)],  # the run of each checks input
         swept=[SWEPT[run] for run in RUNS],
     log:
         f"{RESULTS}/logs/report_overview.log",

@@ -1,5 +1,7 @@
-# check_training_data: the run's training records that its model can take (the rest go to rejects.jsonl
-# with a reason), as InternVL files that training reads without checking again.
+# check_training_data: per run and dataset, the training records the run's model can take (the rest go to
+# rejects.jsonl with a reason). A checkpoint: a check that accepts the same records as before (another
+# max_seq_length that changes nothing) makes nothing after it stale. training_meta: the run's meta.json of
+# the checked records, InternVL files that training reads without checking again.
 #
 # train: finetune the base model on a run's checked training mix (LoRA, QLoRA or full; DeepSpeed and several GPUs when
 # configured). Checkpoints live outside the declared outputs, in results/runs/<run>/train/checkpoints,
@@ -9,22 +11,21 @@
 # the executor from wrapping the script in an srun of its own). docs/cluster.md, "Multi-node training".
 
 
-rule check_training_data:
+checkpoint check_training_data:
     input:
-        meta=rules.run_meta.output.meta,
-        train=dataset_split_file("train"),
+        train=lambda wildcards: split_files([wildcards.dataset], "train")[0],
         model=run_model_folder,
     output:
-        meta=f"{RESULTS}/runs/{{run}}/training_data/meta.json",
-        records=directory(f"{RESULTS}/runs/{{run}}/training_data/records"),
-        rejects=f"{RESULTS}/runs/{{run}}/training_data/rejects.jsonl",
-        summary=f"{RESULTS}/runs/{{run}}/training_data/summary.json",
+        records=f"{RESULTS}/runs/{{run}}/training_data/{{dataset}}/train.jsonl",
+        rejects=f"{RESULTS}/runs/{{run}}/training_data/{{dataset}}/rejects.jsonl",
+        summary=f"{RESULTS}/runs/{{run}}/training_data/{{dataset}}/summary.json",
     params:
         training=run_settings("check_training_data", "training"),
+        dataset=dataset_settings("check_training_data"),
     log:
-        f"{RESULTS}/logs/check_training_data/{{run}}.log",
+        f"{RESULTS}/logs/check_training_data/{{run}}/{{dataset}}.log",
     message:
-        "Checking the training records of run {wildcards.run} against its model"
+        "Checking the training records of dataset {wildcards.dataset} for run {wildcards.run}"
     threads: 1
     resources:
         mem_mb=4000,
@@ -35,10 +36,32 @@ rule check_training_data:
         "../workflow/scripts/check_training_data.py"
 
 
+rule training_meta:
+    input:
+        meta=rules.run_meta.output.meta,
+        records=checked_training_records,
+    output:
+        meta=f"{RESULTS}/runs/{{run}}/training_data/meta.json",
+    params:
+        datasets=run_datasets,
+    log:
+        f"{RESULTS}/logs/training_meta/{{run}}.log",
+    message:
+        "Writing the meta.json of run {wildcards.run}'s checked training records"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/vidtune.yaml"
+    script:
+        "../workflow/scripts/training_meta.py"
+
+
 rule train:
     input:
-        meta=rules.check_training_data.output.meta,
-        records=rules.check_training_data.output.records,
+        meta=rules.training_meta.output.meta,
+        records=checked_training_records,
         model=run_model_folder,
     output:
         final=directory(f"{RESULTS}/runs/{{run}}/train/final"),

@@ -76,3 +76,9 @@ def test_report_holds_what_a_user_looks_for(demo_run):
     assert "CIDEr" in metrics_page and "Bleu_4" in metrics_page
     summary = next(body for name, body in text.items() if name.endswith("data_summary.html"))
     assert "train" in summary and "test" in summary
+    # The training-data check's counts, per run: every train record of the demo fits its model.
+    checked = json.loads(demo_run.path("results/runs/demo/training_data/demo/summary.json").read_text())
+    train_records = len(demo_run.path("results/datasets/demo/internvl/train.jsonl").read_text().splitlines())
+    assert checked["records"] == checked["accepted"] == train_records and checked["rejected"] == 0
+    assert "Training records checked against each run" in summary
+    assert f"<td>demo</td><td class=\"num\">{train_records}</td><td class=\"num\">{train_records}</td>" in summary

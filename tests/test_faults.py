@@ -91,6 +91,7 @@ KILLS = [
     ("frame shard", "extract_frames", "frames/index/shard_000.json"),
     ("jsonl", "internvl_files", "internvl/test.jsonl"),
     ("meta", "run_meta", "runs/demo/meta.json"),
+    ("check", "check_training_data", "training_data/demo/train.jsonl"),
     ("train", "train", _kill_training_run_after_checkpoint),
     ("merge", "merge", _kill_merge_while_saving),
     ("predict", "predict_finetuned", _kill_prediction_mid_work),

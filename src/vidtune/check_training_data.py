@@ -8,10 +8,11 @@ its tiles (one per frame; an image's tiles by the processor's dynamic tiling). W
 truncate_frames`` a long video keeps the most frames that fit, spread evenly over the clip, and is written
 in InternVL's frame-list form.
 
-The accepted records are InternVL files again: ``meta.json`` (the run's entries with their annotation
-pointing at ``records/<dataset>.jsonl`` and their ``length`` updated) and the JSONL files, which training
-reads without checking again; ``rejects.jsonl`` and ``summary.json`` count what was left out and why, for
-the report's data summary.
+It runs per run and dataset (the check depends on the run's model and settings and on the dataset's
+records) and writes the accepted records (``train.jsonl``, untouched but for truncation), ``rejects.jsonl``
+and ``summary.json``. :func:`write_training_meta` then makes the run's ``meta.json`` of the checked records,
+InternVL files again, which training reads without checking again; a check that accepts the same records as
+before (another ``max_seq_length`` that changes nothing) leaves training as it was.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from vidtune.atomic import atomic_dir, write_json, write_jsonl
+from vidtune.atomic import read_jsonl, write_json, write_jsonl
 from vidtune.errors import DataError
 from vidtune.internvl_format import (frame_list_record, read_meta, record_media_paths, record_text)
 from vidtune.modeling import build_messages
@@ -98,53 +99,74 @@ def check_record(processor, record: dict, root: Path, max_dynamic_patch: int, ma
     return Checked(None, reason("over_length", f"{length} tokens, over max_seq_length {max_seq_length}"), length)
 
 
-def check_training_data(meta_path: str | Path, processor, out_dir: str | Path, *, max_seq_length: int,
-                        over_length: str) -> dict:
-    """Check every record of a run's meta.json; write ``meta.json``, ``records/``, ``rejects.jsonl`` and
-    ``summary.json`` under ``out_dir``; return the summary. Fails when no record is left."""
-    out_dir = Path(out_dir)
-    meta, rejects, truncated, per_dataset, lengths = {}, [], [], {}, []
-    with atomic_dir(out_dir / "records") as records_dir:
-        for dataset in read_meta(meta_path):
-            file, accepted, started = str(dataset.annotation), [], time.perf_counter()
-            records = dataset.records()
-            for number, record in enumerate(records, 1):
-                checked = check_record(processor, record, dataset.root, dataset.max_dynamic_patch, max_seq_length,
-                                       over_length, file)
-                record_id = str(record.get("id"))
-                if checked.record is None:
-                    rejects.append({"file": file, "record": record_id, "reason": checked.reason,
-                                    "dataset": dataset.name, "stage": "check"})
-                    log.warning("left out %s/%s: %s", dataset.name, record_id, checked.reason)
-                else:
-                    accepted.append(checked.record)
-                    lengths.append(checked.tokens)
-                    if checked.reason:
-                        truncated.append({"dataset": dataset.name, "id": record_id, "reason": checked.reason})
-                if number % 1000 == 0:
-                    log.info("%s: %d of %d records checked (%.0f/s)", dataset.name, number, len(records),
-                             number / (time.perf_counter() - started))
-            write_jsonl(records_dir / f"{dataset.name}.jsonl", accepted)
-            meta[dataset.name] = {**dataset.entry, "root": os.path.relpath(dataset.root, out_dir) + os.sep,
-                                  "annotation": f"records/{dataset.name}.jsonl", "length": len(accepted)}
-            per_dataset[dataset.name] = {"records": len(records), "accepted": len(accepted),
-                                         "rejected": len(records) - len(accepted),
-                                         "truncated": sum(1 for t in truncated if t["dataset"] == dataset.name)}
-    by_reason = dict(sorted(Counter(reason_code(r["reason"]) for r in rejects).items()))
-    if not lengths:
-        raise DataError(f"no training record is left ({by_reason}; first: {rejects[0]['reason'] if rejects else '-'})",
-                        file=str(meta_path), fix="check the frames exist and max_seq_length leaves room for the "
-                                                 "visual tokens (the log lists every record left out)")
+def check_dataset(annotation: str | Path, root: str | Path, processor, out_dir: str | Path, *, dataset: str,
+                  max_dynamic_patch: int, max_seq_length: int, over_length: str) -> dict:
+    """Check one dataset's training records; write ``train.jsonl`` (the accepted ones), ``rejects.jsonl`` and
+    ``summary.json`` under ``out_dir``; return the summary. Record paths stay relative to ``root``."""
+    out_dir, file = Path(out_dir), str(annotation)
+    records = read_jsonl(annotation)
+    accepted, rejects, truncated, lengths, started = [], [], [], [], time.perf_counter()
+    for number, record in enumerate(records, 1):
+        checked = check_record(processor, record, Path(root), max_dynamic_patch, max_seq_length, over_length, file)
+        record_id = str(record.get("id"))
+        if checked.record is None:
+            rejects.append({"file": file, "record": record_id, "reason": checked.reason, "dataset": dataset,
+                            "stage": "check"})
+            log.warning("left out %s/%s: %s", dataset, record_id, checked.reason)
+        else:
+            accepted.append(checked.record)
+            lengths.append(checked.tokens)
+            if checked.reason:
+                truncated.append({"dataset": dataset, "id": record_id, "reason": checked.reason})
+                log.info("%s/%s: %s", dataset, record_id, checked.reason)
+        if number % 1000 == 0:
+            log.info("%s: %d of %d records checked (%.0f/s)", dataset, number, len(records),
+                     number / (time.perf_counter() - started))
+    summary = {"dataset": dataset, "records": len(records), "accepted": len(accepted), "rejected": len(rejects),
+               "truncated": len(truncated), "truncated_samples": truncated,
+               "rejects_by_reason": dict(sorted(Counter(reason_code(r["reason"]) for r in rejects).items())),
+               "tokens": {"max_seq_length": max_seq_length, "longest": max(lengths, default=0),
+                          "total": sum(lengths)}}
+    write_jsonl(out_dir / "train.jsonl", accepted)
     write_jsonl(out_dir / "rejects.jsonl", rejects)
-    summary = {
-        "records": sum(d["records"] for d in per_dataset.values()), "accepted": len(lengths),
-        "rejected": len(rejects), "truncated": len(truncated), "rejects_by_reason": by_reason,
-        "datasets": per_dataset, "truncated_samples": truncated,
-        "tokens": {"max_seq_length": max_seq_length, "longest": max(lengths),
-                   "mean": round(sum(lengths) / len(lengths), 1)},
-    }
-    write_json(out_dir / "meta.json", meta)
     write_json(out_dir / "summary.json", summary)
-    log.info("%d of %d records accepted (%d truncated), %d left out: %s", summary["accepted"], summary["records"],
-             summary["truncated"], summary["rejected"], summary["rejects_by_reason"])
+    log.info("%s: %d of %d records accepted (%d truncated), %d left out: %s", dataset, len(accepted), len(records),
+             len(truncated), len(rejects), summary["rejects_by_reason"])
     return summary
+
+
+def write_training_meta(run_meta: str | Path, records: dict[str, Path], out_path: str | Path) -> dict:
+    """The run's checked training data as an InternVL ``meta.json`` at ``out_path``: the run's entries, each
+    pointing at its dataset's checked records (``records[name]``) with their count; returns it. A dataset with
+    no record left is left out of the mix; none left at all fails, before any training job starts."""
+    out_path = Path(out_path)
+    meta, empty = {}, []
+    for dataset in read_meta(run_meta):
+        path = Path(records[dataset.name])
+        length = len(read_jsonl(path))
+        if not length:
+            empty.append(dataset.name)
+            log.warning("dataset %s has no training record left: it is not in the training mix", dataset.name)
+            continue
+        meta[dataset.name] = {**dataset.entry, "root": os.path.relpath(dataset.root, out_path.parent) + os.sep,
+                              "annotation": os.path.relpath(path, out_path.parent), "length": length}
+    if not meta:
+        raise DataError(f"no training record is left in {', '.join(empty)}", file=str(run_meta),
+                        fix="see rejects.jsonl beside each dataset's checked records: check the frames exist and that "
+                            "max_seq_length leaves room for the visual tokens")
+    write_json(out_path, meta)
+    return meta
+
+
+def combine_summaries(summaries: list[dict]) -> dict:
+    """A run's check in all, from its datasets' summaries (the report's data summary shows it)."""
+    accepted = sum(s["accepted"] for s in summaries)
+    by_reason: Counter = sum((Counter(s["rejects_by_reason"]) for s in summaries), Counter())
+    return {
+        "records": sum(s["records"] for s in summaries), "accepted": accepted,
+        "rejected": sum(s["rejected"] for s in summaries), "truncated": sum(s["truncated"] for s in summaries),
+        "rejects_by_reason": dict(sorted(by_reason.items())),
+        "tokens": {"max_seq_length": max(s["tokens"]["max_seq_length"] for s in summaries),
+                   "longest": max(s["tokens"]["longest"] for s in summaries),
+                   "mean": round(sum(s["tokens"]["total"] for s in summaries) / accepted, 1) if accepted else None},
+    }

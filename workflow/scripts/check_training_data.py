@@ -1,5 +1,5 @@
-"""Check a run's training records against its model; write the accepted ones and the rejects (rule
-check_training_data)."""
+"""Check one dataset's training records against a run's model; write the accepted ones and the rejects
+(checkpoint check_training_data)."""
 
 from vidtune.runtime import start_script
 
@@ -7,11 +7,12 @@ log = start_script(snakemake, "check_training_data")  # noqa: F821 - injected by
 
 from pathlib import Path  # noqa: E402
 
-from vidtune.check_training_data import check_training_data  # noqa: E402
+from vidtune.check_training_data import check_dataset  # noqa: E402
 from vidtune.modeling import load_processor  # noqa: E402
 
-training = snakemake.params.training
-summary = check_training_data(Path(snakemake.input.meta), load_processor(snakemake.input.model),
-                              Path(snakemake.output.meta).parent, max_seq_length=training["max_seq_length"],
-                              over_length=training["over_length"])
-log.info("summary: %s", {key: summary[key] for key in ("records", "accepted", "rejected", "truncated")})
+training, dataset = snakemake.params.training, snakemake.params.dataset
+# Record paths are relative to the results folder, as the InternVL files write them.
+check_dataset(Path(snakemake.input.train), Path(snakemake.config["results"]), load_processor(snakemake.input.model),
+              Path(snakemake.output.records).parent, dataset=snakemake.wildcards.dataset,
+              max_dynamic_patch=dataset["max_dynamic_patch"], max_seq_length=training["max_seq_length"],
+              over_length=training["over_length"])

@@ -4,15 +4,12 @@ from vidtune.runtime import start_script
 
 log = start_script(snakemake, "merge")  # noqa: F821 - injected by Snakemake
 
-import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from vidtune.atomic import read_jsonl  # noqa: E402
 from vidtune.merge import merge  # noqa: E402
 
-check_records = []
-for path in snakemake.input.check:
-    with open(path, encoding="utf-8") as handle:
-        check_records += [json.loads(line) for line, _ in zip(handle, range(2))]
+check_records = [record for path in snakemake.input.check for record in read_jsonl(path)[:2]]
 result = merge(Path(snakemake.input.base), Path(snakemake.input.trained), Path(snakemake.output.model),
                check_records, root=Path(snakemake.config["results"]),
                trust_remote_code=snakemake.params.model["trust_remote_code"])

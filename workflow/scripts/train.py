@@ -17,7 +17,7 @@ out_dir = Path(snakemake.params.out_dir)
 trust_remote_code = snakemake.params.model["trust_remote_code"]
 # Checkpoints are kept when the data and the settings that change the weights are the same: a larger
 # time limit (resources) or another logging interval resumes from the last one.
-current = fingerprint([snakemake.input.meta, *sorted(Path(snakemake.input.records).glob("*.jsonl")),
+current = fingerprint([snakemake.input.meta, *snakemake.input.records,
                        snakemake.input.model],
                       {"training": weight_settings(snakemake.params.training),
                        "trust_remote_code": trust_remote_code})
