@@ -45,8 +45,10 @@ def train_method(meta: Path, model: Path, out: Path, method: str, args, cuda: bo
                 "batch_size": args.batch_size, "max_steps": args.steps, "save_steps": 10 ** 6,
                 "warmup_ratio": 0.0, "learning_rate": 1e-5, "logging_steps": 1,
                 "lora": {"rank": args.rank, "alpha": 2 * args.rank, "dropout": 0.05}}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "training_settings.json").write_text(json.dumps(training))
     command = [sys.executable, "-m", "vidtune.train", "--meta", str(meta), "--model", str(model), "--out",
-               str(out), "--training", json.dumps(training), "--log", str(out.with_suffix(".log"))]
+               str(out), "--settings", str(out / "training_settings.json"), "--log", str(out.with_suffix(".log"))]
     started = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     summary = json.loads((out / "train_summary.json").read_text())

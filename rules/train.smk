@@ -13,6 +13,7 @@
 
 checkpoint check_training_data:
     input:
+        meta=rules.run_meta.output.meta,  # the dataset's entry: its root and max_dynamic_patch
         train=lambda wildcards: split_files([wildcards.dataset], "train")[0],
         model=run_model_folder,
     output:
@@ -21,7 +22,6 @@ checkpoint check_training_data:
         summary=f"{RESULTS}/runs/{{run}}/training_data/{{dataset}}/summary.json",
     params:
         training=run_settings("check_training_data", "training"),
-        dataset=dataset_settings("check_training_data"),
     log:
         f"{RESULTS}/logs/check_training_data/{{run}}/{{dataset}}.log",
     message:

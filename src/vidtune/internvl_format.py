@@ -231,7 +231,8 @@ def read_meta(meta_path: str | Path) -> list[MetaDataset]:
                             fix="give every dataset entry an annotation (its JSONL file)")
         settings = {"prompt": defaults["prompt"], "frames": {}, **entry.get("data_settings", {})}
         datasets.append(MetaDataset(
-            name, meta_path.parent / entry["annotation"], meta_path.parent / entry.get("root", "."),
+            name, Path(os.path.normpath(meta_path.parent / entry["annotation"])),
+            Path(os.path.normpath(meta_path.parent / entry.get("root", "."))),
             int(entry.get("max_dynamic_patch", defaults["max_dynamic_patch"])),
             float(entry.get("repeat_time", 1)), settings, entry))
     return datasets

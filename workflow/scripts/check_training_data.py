@@ -8,11 +8,12 @@ log = start_script(snakemake, "check_training_data")  # noqa: F821 - injected by
 from pathlib import Path  # noqa: E402
 
 from vidtune.check_training_data import check_dataset  # noqa: E402
+from vidtune.internvl_format import read_meta  # noqa: E402
 from vidtune.modeling import load_processor  # noqa: E402
 
-training, dataset = snakemake.params.training, snakemake.params.dataset
-# Record paths are relative to the results folder, as the InternVL files write them.
-check_dataset(Path(snakemake.input.train), Path(snakemake.config["results"]), load_processor(snakemake.input.model),
-              Path(snakemake.output.records).parent, dataset=snakemake.wildcards.dataset,
-              max_dynamic_patch=dataset["max_dynamic_patch"], max_seq_length=training["max_seq_length"],
-              over_length=training["over_length"])
+training = snakemake.params.training
+# The dataset as the run's meta.json gives it to a trainer: its records, their root, its tiling.
+dataset = next(entry for entry in read_meta(snakemake.input.meta) if entry.name == snakemake.wildcards.dataset)
+check_dataset(dataset.annotation, dataset.root, load_processor(snakemake.input.model),
+              Path(snakemake.output.records).parent, dataset=dataset.name, max_dynamic_patch=dataset.max_dynamic_patch,
+              max_seq_length=training["max_seq_length"], over_length=training["over_length"])
