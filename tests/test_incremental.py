@@ -134,6 +134,36 @@ def test_training_setting_change_reruns_training_steps_only(run_copy):
                        **REPORTING}
 
 
+def test_check_setting_that_changes_no_record_reruns_only_the_check(run_copy):
+    # max_seq_length reaches the training-data check only; every demo record still fits, so the checked records
+    # keep their bytes and training, merge and both predictions stay (what follows the predictions reruns: cheap).
+    config = run_copy.config
+    config["runs"]["demo"]["training"]["max_seq_length"] = 4000
+    run_copy.write_config(config)
+    ran = executed_jobs(run_copy.snakemake("train_all"))
+    assert ran.get("check_training_data") == 1
+    assert not {"training_meta", "train", "merge", "predict_finetuned", "predict_base"} & set(ran), ran
+    dry_run = run_copy.snakemake("-n", "train_all")
+    assert "Nothing to be done" in dry_run.stdout + dry_run.stderr
+
+
+def test_check_that_leaves_no_record_stops_before_training(run_copy):
+    config = run_copy.config
+    config["runs"]["demo"]["training"]["max_seq_length"] = 16  # shorter than any record's text alone
+    run_copy.write_config(config)
+    result = run_copy.snakemake("train_all", check=False)
+    assert result.returncode != 0
+    assert "Error in rule training_meta" in result.stdout + result.stderr
+    log = run_copy.path("results/logs/training_meta/demo.log").read_text()
+    assert "no training record is left in demo" in log
+    ran = executed_jobs(result)
+    assert ran.get("check_training_data") == 1 and "train" not in ran
+    train_records = len(run_copy.path("results/datasets/demo/internvl/train.jsonl").read_text().splitlines())
+    rejects = [json.loads(line) for line in
+               run_copy.path("results/runs/demo/training_data/demo/rejects.jsonl").read_text().splitlines()]
+    assert len(rejects) == train_records and all(r["reason"].startswith("over_length: ") for r in rejects)
+
+
 def test_evaluation_setting_change_reruns_prediction_and_scoring(run_copy):
     config = run_copy.config
     config["runs"]["demo"]["evaluation"]["max_new_tokens"] = 5

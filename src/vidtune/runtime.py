@@ -29,4 +29,11 @@ def start_script(snakemake, name: str) -> logging.Logger:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(int(threads))
-    return logging.getLogger(f"vidtune.{name}")
+    log = logging.getLogger(f"vidtune.{name}")
+
+    def log_failure(kind, error, traceback):  # the job's log says why it failed, not only Snakemake's output
+        log.error("failed: %s", error if str(error) else kind.__name__)
+        sys.__excepthook__(kind, error, traceback)
+
+    sys.excepthook = log_failure
+    return log
