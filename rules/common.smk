@@ -160,7 +160,12 @@ def dataset_split_file(split):
 
 
 def checked_training_records(wildcards):
-    """The run's datasets' checked training records, through the check_training_data checkpoint."""
+    """The run's datasets' checked training records, through the check_training_data checkpoint.
+
+    Asked through the internvl_files checkpoint first: Snakemake plans again, after a checkpoint has run, only
+    the jobs that ask for its files; a job planned while both checkpoints were pending would otherwise keep
+    its first plan and inputs (and run) even where the new JSONL files leave the check with nothing to do."""
+    split_files(run_datasets(wildcards), "train")
     return [
         checkpoints.check_training_data.get(run=wildcards.run, dataset=dataset).output.records
         for dataset in run_datasets(wildcards)

@@ -61,7 +61,7 @@ def test_workflow_runs_end_to_end_at_the_real_shape(real_run):
     assert config.get("dtype", config.get("torch_dtype")) == "bfloat16"
     summary = json.loads(real_run.path("results/runs/real/train/train_summary.json").read_text())
     assert summary["steps"] == 2
-    checked = json.loads(real_run.path("results/runs/real/training_data/summary.json").read_text())
+    checked = json.loads(real_run.path("results/runs/real/training_data/demo/summary.json").read_text())
     assert checked["rejected"] == 0 and checked["accepted"] == summary["num_samples"]
     assert checked["tokens"]["longest"] > FRAMES * TOKENS_PER_TILE  # the visual tokens are counted
     check = json.loads(real_run.path("results/runs/real/merged/merge_check.json").read_text())
