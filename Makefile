@@ -11,9 +11,10 @@ CORES ?= 2
 system:
 	bash envs/install_system_packages.sh $(SYSTEM_FLAGS)
 
-$(BIN)/snakemake: requirements.txt pyproject.toml
+$(BIN)/snakemake: requirements.txt pyproject.toml envs/install_torch.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	bash envs/install_torch.sh $(BIN)/python
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@

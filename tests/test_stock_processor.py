@@ -1,20 +1,18 @@
 """The stock InternVLProcessor, taken wherever torchvision is installed, encodes exactly as the image-only one.
 
-Skipped where torchvision cannot be imported (this CPU setup); benchmarks/gpu_check.sh runs it on a GPU
-machine, where torchvision is installed.
+`make setup` installs a torchvision that loads (envs/install_torch.sh), so this runs in every test run.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torchvision  # noqa: F401 - the stock processor needs it; a failed import fails this module
 from PIL import Image
 from transformers import InternVLProcessor
 
-pytest.importorskip("torchvision")
-
-from vidtune.modeling import InternVLImageOnlyProcessor, encode_sample, load_processor  # noqa: E402
-from vidtune.tiny_model import build_architecture_model, synthetic_frames  # noqa: E402
+from vidtune.modeling import InternVLImageOnlyProcessor, encode_sample, load_processor
+from vidtune.tiny_model import build_architecture_model, synthetic_frames
 
 
 @pytest.fixture(scope="module")
