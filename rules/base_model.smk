@@ -1,5 +1,6 @@
-# Base models: a checkpoint folder given by path is used where it is; a `tiny` model or a named real
-# `architecture` (InternVL3-1B/2B/8B, optionally with fewer layers) is built here with random weights.
+# Base models: a checkpoint folder given by path is used where it is, or, in InternVL's original layout
+# (InternVL2/2.5/3/3.5 as downloaded), converted to transformers' native InternVL once; a `tiny` model or a
+# named real `architecture` (InternVL3-1B/2B/8B, optionally with fewer layers) is built here with random weights.
 
 
 rule build_model:
@@ -27,3 +28,30 @@ rule build_model:
         "../envs/vidtune.yaml"
     script:
         "../workflow/scripts/build_model.py"
+
+
+rule convert_model:
+    wildcard_constraints:
+        model="|".join(re.escape(name) for name in ORIGINAL_LAYOUT_MODELS) or "(?!)",
+    input:
+        # The folder's bytes decide a rerun (params below), not its modification times.
+        source=lambda wildcards: ancient(config["models"][wildcards.model]["path"]),
+    output:
+        model=directory(f"{RESULTS}/models/{{model}}"),
+    params:
+        model=model_settings("convert_model"),
+        contents=model_source_contents,
+    log:
+        f"{RESULTS}/logs/convert_model/{{model}}.log",
+    message:
+        "Converting the original-layout InternVL checkpoint {wildcards.model} to transformers' native InternVL"
+    threads: 1
+    resources:
+        # Tensors are streamed one shard at a time: the largest shard, twice (read and written), and the
+        # interpreter.
+        mem_mb=lambda wildcards, attempt: attempt * (2000 + 2 * largest_shard_mb(config["models"][wildcards.model]["path"])),
+        runtime=60,
+    conda:
+        "../envs/vidtune.yaml"
+    script:
+        "../workflow/scripts/convert_model.py"

@@ -13,6 +13,8 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the vidtune package, 
 
 from vidtune.config import check_config, GENERATED_FORMATS
 from vidtune.errors import ConfigError
+from vidtune.fingerprint import folder_fingerprint
+from vidtune.internvl_checkpoint.layout import is_original_layout, largest_shard_mb
 from vidtune.prediction_shards import evaluation_key, prediction_settings
 from vidtune.reach import ANY, settings_for
 from vidtune.sweeps import expand_sweeps
@@ -89,10 +91,23 @@ def shard_ids(dataset):
     return shard_names(config["datasets"][dataset]["shards"])
 
 
+# Checkpoints in InternVL's original layout (model_type internvl_chat): converted once to the native class.
+ORIGINAL_LAYOUT_MODELS = sorted(
+    name for name, model in config["models"].items() if "path" in model and is_original_layout(model["path"])
+)
+
+
 def model_folder(name):
-    """A built tiny model lives under results/models; a checkpoint given by path is used where it is."""
+    """The folder every model step loads: a checkpoint given by path where it is, a converted one or a built
+    one under results/models."""
     model = config["models"][name]
-    return model["path"] if "path" in model else f"{RESULTS}/models/{name}"
+    return model["path"] if "path" in model and name not in ORIGINAL_LAYOUT_MODELS else f"{RESULTS}/models/{name}"
+
+
+def model_source_contents(wildcards):
+    """params: a hash of the original checkpoint's contents (files re-read only when their size or
+    modification time changed), so new weights convert again and a touched, unchanged folder does not."""
+    return folder_fingerprint(config["models"][wildcards.model]["path"], f"{RESULTS}/cache/model_sources/{wildcards.model}.json")
 
 
 def run_model_folder(wildcards):

@@ -109,8 +109,8 @@ def test_launch_command_and_cli_arguments(monkeypatch, tmp_path):
     monkeypatch.setattr(train_module, "train", lambda *args, **kwargs: calls.append((args, kwargs)))
     settings = _settings(method="lora", deepspeed="zero3", lora={"rank": 8})
     out = tmp_path / "out"
-    main(cli_arguments(Path("m.json"), Path("base"), out, settings, trust_remote_code=True))
-    assert calls == [((Path("m.json"), Path("base"), out, settings), {"trust_remote_code": True, "log": None})]
+    main(cli_arguments(Path("m.json"), Path("base"), out, settings))
+    assert calls == [((Path("m.json"), Path("base"), out, settings), {"log": None})]
     assert calls[0][0][3].lora.rank == 8  # typed settings, read back from the file every process reads
 
 
@@ -190,7 +190,7 @@ def test_two_processes_under_torchrun(deepspeed, tiny, data, tmp_path):
     log.setLevel(logging.INFO)
     log.addHandler(logging.FileHandler(log_file))
     training = {**QUICK, "batch_size": 2, "gpus": 2, "deepspeed": deepspeed}
-    summary = train_job(meta, tiny, tmp_path / "train", _settings(**training), trust_remote_code=False, log=log)
+    summary = train_job(meta, tiny, tmp_path / "train", _settings(**training), log=log)
     text = log_file.read_text()
     assert "torch.distributed.run" in text and "--nproc_per_node=2" in text and "8 training samples" in text
     # 8 samples over 2 processes x 2 per batch: 2 steps an epoch, 4 in all, each of 4 samples.

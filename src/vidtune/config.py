@@ -107,7 +107,8 @@ def model_folder_problem(path: str | Path) -> tuple[str, str] | None:
         model_type = None
     if not model_type:
         return ("not a model folder (no config.json with a model_type)",
-                "point it at a transformers checkpoint folder, such as a local copy of OpenGVLab/InternVL3-8B-hf")
+                "point it at a checkpoint folder as downloaded, such as a local copy of OpenGVLab/InternVL3-8B "
+                "or OpenGVLab/InternVL3-8B-hf")
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.safetensors.index.json")):
         return ("no .safetensors weights in the model folder",
                 "convert the checkpoint to safetensors; pickled weights are not loaded")
@@ -115,7 +116,19 @@ def model_folder_problem(path: str | Path) -> tuple[str, str] | None:
 
 
 def check_model_folder(path: str | Path, key: str, config_file: str = "config") -> None:
-    """Fails at parse time, naming the key, when a configured model path is not a model folder."""
+    """Fails at parse time, naming the key, when a configured model path is not a model folder, or is an
+    original-layout InternVL folder that cannot be converted to the native class."""
+    from vidtune.internvl_checkpoint.layout import (UnsupportedCheckpoint, is_original_layout,
+                                                    read_original_checkpoint, supported_summary)
+
     problem = model_folder_problem(path)
     if problem:
         raise ConfigError(f"{key}: {path}: {problem[0]}", file=config_file, fix=problem[1])
+    if is_original_layout(path):
+        try:
+            read_original_checkpoint(path)
+        except UnsupportedCheckpoint as error:
+            raise ConfigError(f"{key}: {path} is an InternVL checkpoint in the original layout, but {error}",
+                              file=config_file,
+                              fix=f"use a supported checkpoint ({supported_summary()}) or its -hf conversion") \
+                from None

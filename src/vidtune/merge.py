@@ -17,11 +17,13 @@ import torch
 
 from vidtune.atomic import atomic_dir, write_json
 from vidtune.errors import ModelError
+from vidtune.internvl_checkpoint.export import export_original_layout
 from vidtune.internvl_format import record_text
 from vidtune.modeling import (checkpoint_dtype, collate, encode_sample, job_device, load_adapter_model, load_model,
                               load_processor, load_record_media, move_batch, read_run_settings)
 
 CHECK_RECORDS = 3
+ORIGINAL_LAYOUT_FOLDER = "original_layout"
 log = logging.getLogger(__name__)
 
 
@@ -52,8 +54,11 @@ def check_batches(processor, records: list[dict], root: Path, max_dynamic_patch:
 
 
 def merge(base_dir: Path, trained_dir: Path, out_dir: Path, check_records: list[dict], root: Path,
-          tolerance: float | None = None, trust_remote_code: bool = False) -> dict:
+          tolerance: float | None = None, original_base: Path | None = None) -> dict:
     """Write the merged model to out_dir and return the check (also in out_dir/merge_check.json).
+
+    With ``original_base`` (the run's base as given, in InternVL's original layout) the merged model is also
+    written in that layout to out_dir/original_layout, for InternVL's own tools.
 
     The merge runs on the job's GPU when it has one, else on the CPU, always in the checkpoint's own dtype,
     so the merged folder has the base's dtype. The check passes when the largest logit difference on the
@@ -74,12 +79,12 @@ def merge(base_dir: Path, trained_dir: Path, out_dir: Path, check_records: list[
     tolerance = TOLERANCES.get(dtype, 1e-4) if tolerance is None else tolerance
     log.info("merging on %s in %s", device, str(dtype).removeprefix("torch."))
     if is_adapter:
-        model = load_adapter_model(base_dir, trained_dir, trust_remote_code=trust_remote_code, dtype=dtype,
+        model = load_adapter_model(base_dir, trained_dir, dtype=dtype,
                                    device=device)
         reference = _logits(model, batches, device, dtype)
         model = model.merge_and_unload()
     else:
-        model = load_model(trained_dir, trust_remote_code=trust_remote_code, dtype=dtype, device=device)
+        model = load_model(trained_dir, dtype=dtype, device=device)
         reference = _logits(model, batches, device, dtype)
     with atomic_dir(out_dir) as temp:
         model.save_pretrained(temp, safe_serialization=True, max_shard_size=MAX_SHARD_SIZE)
@@ -91,7 +96,7 @@ def merge(base_dir: Path, trained_dir: Path, out_dir: Path, check_records: list[
         for name in ("vidtune.json",):
             if (trained_dir / name).is_file():
                 shutil.copy2(trained_dir / name, temp / name)
-        merged_model = load_model(temp, trust_remote_code=trust_remote_code, dtype=dtype, device=device)
+        merged_model = load_model(temp, dtype=dtype, device=device)
         merged = _logits(merged_model, batches, device, dtype)
         del merged_model
         differences = [float((a - b).abs().max()) for a, b in zip(reference, merged)]
@@ -110,5 +115,7 @@ def merge(base_dir: Path, trained_dir: Path, out_dir: Path, check_records: list[
                              f"{check['max_abs_logit_difference']:.3g} (allowed {allowed:.3g} = tolerance "
                              f"{tolerance:g} x largest logit {scale:.3g}; finite: {finite})",
                              file=str(trained_dir), fix="re-run training; the adapter may be damaged")
+        if original_base is not None:
+            check["original_layout"] = export_original_layout(temp, original_base, temp / ORIGINAL_LAYOUT_FOLDER)
         write_json(temp / "merge_check.json", check)
     return check

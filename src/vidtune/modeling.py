@@ -163,16 +163,15 @@ def move_batch(batch: dict[str, torch.Tensor], device: str | torch.device, dtype
             for key, value in batch.items()}
 
 
-def load_model(path: str | Path, *, trust_remote_code: bool = False, quantization: str | None = None,
+def load_model(path: str | Path, *, quantization: str | None = None,
                dtype: torch.dtype | str | None = None, device: str | None = None):
     """Load an InternVL (or any image-text-to-text) checkpoint from safetensors; ``quantization="nf4"`` = QLoRA.
 
     ``device`` (``cuda:0``, ``cpu``) loads the weights straight onto it; by default they stay on the CPU.
     """
     path = check_model_dir(path)
-    if trust_remote_code:
-        log.warning("trust_remote_code is on: Python code from %s will run", path)
-    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code,
+    # No Python file of a model folder runs: original-layout InternVL folders are converted first.
+    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False,
                               "dtype": dtype if dtype is not None else "auto"}
     if device is not None and device != "cpu":
         kwargs["device_map"] = {"": device}  # weights go to the GPU tensor by tensor, not through host memory
@@ -263,11 +262,17 @@ def encode_sample(processor, images: Sequence[Image.Image], prompt: str, target:
             "pixel_values": full["pixel_values"]}
 
 
+# The tokens that close an answer in the chat templates of InternVL's checkpoints (Qwen/InternLM, Phi-3,
+# GPT-OSS, Llama-3).
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|end|>", "<|return|>", "<|eot_id|>")
+
+
 def _end_of_turn_ids(tokenizer) -> set[int]:
     ids = {tokenizer.eos_token_id}
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        ids.add(im_end)
+    for token in END_OF_TURN_TOKENS:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
     return {i for i in ids if i is not None}
 
 
@@ -317,8 +322,7 @@ def load_images(paths: Sequence[Path], record_id: str | None = None) -> list[Ima
 
 # --- Trained models ----------------------------------------------------------------------------------------
 
-def load_adapter_model(base_dir: str | Path, adapter_dir: str | Path, *, trust_remote_code: bool = False,
-                       dtype: torch.dtype | None = None, device: str | None = None):
+def load_adapter_model(base_dir: str | Path, adapter_dir: str | Path, *, dtype: torch.dtype | None = None, device: str | None = None):
     """The unquantised base with a trained LoRA adapter on it; fails when the adapter doesn't fit the base.
 
     The base loads in ``dtype`` (default: its checkpoint's, so an 8B bf16 base takes 16 GB, not 32) on
@@ -332,8 +336,7 @@ def load_adapter_model(base_dir: str | Path, adapter_dir: str | Path, *, trust_r
     if not (adapter_dir / "adapter_config.json").is_file() or not weights.is_file():
         raise ModelError("not a LoRA adapter folder (adapter_config.json + adapter_model.safetensors)",
                          file=adapter_dir, fix="point at the training step's final/ folder")
-    base = load_model(base_dir, trust_remote_code=trust_remote_code,
-                      dtype=dtype if dtype is not None else checkpoint_dtype(base_dir), device=device)
+    base = load_model(base_dir, dtype=dtype if dtype is not None else checkpoint_dtype(base_dir), device=device)
     try:
         with safe_open(weights, "pt") as handle:
             saved = set(handle.keys())

@@ -35,20 +35,20 @@ log = logging.getLogger(__name__)
 class Predictor:
     """A loaded model + processor + the run's prompt/frame settings, answering batches of samples."""
 
-    def __init__(self, model_dir: Path, adapter_dir: Path | None = None, evaluation: dict | None = None,
-                 trust_remote_code: bool = False):
+    def __init__(self, model_dir: Path, adapter_dir: Path | None = None, evaluation: dict | None = None):
         self.settings = read_run_settings(adapter_dir, model_dir)
         self.evaluation = {**EVALUATION_DEFAULTS, **(evaluation or {})}
         self.device, self.dtype = job_device(model_dir)
         if adapter_dir is not None:
-            self.model = load_adapter_model(model_dir, adapter_dir, trust_remote_code=trust_remote_code,
-                                            dtype=self.dtype, device=self.device)
+            self.model = load_adapter_model(model_dir, adapter_dir, dtype=self.dtype, device=self.device)
             self.processor = load_processor(adapter_dir)
         else:
-            self.model = load_model(model_dir, trust_remote_code=trust_remote_code, dtype=self.dtype,
-                                    device=self.device)
+            self.model = load_model(model_dir, dtype=self.dtype, device=self.device)
             self.processor = load_processor(model_dir)
         self.model.eval()
+        # The checkpoint's own stop tokens (a converted InternVL checkpoint's include its template's end of
+        # answer, as InternVL's chat() stops there), else the tokenizer's end of sequence.
+        self.stop_ids = self.model.generation_config.eos_token_id or self.processor.tokenizer.eos_token_id
         log.info("predicting on %s in %s", self.device, str(self.dtype).removeprefix("torch."))
 
     def answer(self, samples: Sequence[tuple[list, str, str]]) -> list[str]:
@@ -68,7 +68,7 @@ class Predictor:
                 output = self.model.generate(
                     **batch, max_new_tokens=self.evaluation["max_new_tokens"],
                     do_sample=self.evaluation["do_sample"], num_beams=self.evaluation["num_beams"],
-                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id, eos_token_id=self.stop_ids,
                     **({"temperature": self.evaluation["temperature"], "top_p": self.evaluation["top_p"]}
                        if self.evaluation["do_sample"] else {}))
             new_tokens = output[:, batch["input_ids"].shape[1]:].cpu()
@@ -77,13 +77,12 @@ class Predictor:
 
 
 def predict_records(model_dir: Path, records: list[dict], root: Path, evaluation: dict,
-                    adapter_dir: Path | None = None, trust_remote_code: bool = False) -> list[dict]:
+                    adapter_dir: Path | None = None) -> list[dict]:
     """``{"id", "prediction"}`` for each InternVL JSONL record (media relative to root), in order.
 
     Logs progress every few percent and the throughput (samples/s, without the model's loading).
     """
-    predictor = Predictor(Path(model_dir), None if adapter_dir is None else Path(adapter_dir), evaluation,
-                          trust_remote_code)
+    predictor = Predictor(Path(model_dir), None if adapter_dir is None else Path(adapter_dir), evaluation)
     size = predictor.evaluation["batch_size"]
     answers: list[str] = []
     started, reported = time.perf_counter(), 0

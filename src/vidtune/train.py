@@ -29,6 +29,7 @@ from transformers.trainer_pt_utils import get_model_param_count
 
 from vidtune.atomic import atomic_dir, write_json
 from vidtune.errors import command_line
+from vidtune.internvl_checkpoint.convert import conversion_record
 from vidtune.modeling import collate, load_processor
 from vidtune.report import loss_curve
 from vidtune.training.checkpoints import (CheckpointCallback, checkpoint_step, install_signal_handlers,
@@ -63,7 +64,7 @@ def training_arguments(settings: TrainingSettings, checkpoints_dir: Path, log: l
 
 
 def train(meta_path: Path, model_dir: Path, out_dir: Path, settings: TrainingSettings | dict,
-          trust_remote_code: bool = False, log=None) -> dict:
+          log=None) -> dict:
     """Train on meta.json's data; write checkpoints/, final/, train_summary.json, loss.json, loss.png, runs/.
 
     Resumes from the newest complete checkpoint in out_dir/checkpoints when there is one. Returns the summary
@@ -81,7 +82,7 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, settings: TrainingSet
 
     processor = load_processor(model_dir)
     items, data_settings = training_items(meta_path, settings.seed, log)
-    model = prepare_model(model_dir, settings, trust_remote_code, log)
+    model = prepare_model(model_dir, settings, log)
     before = trainable_fingerprints(model)
 
     resume = latest_complete_checkpoint(out_dir / "checkpoints", log)
@@ -127,7 +128,9 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, settings: TrainingSet
             shutil.move(str(path), final / path.name)
         _sort_adapter_targets(final / "adapter_config.json")
         processor.save_pretrained(final)
+        conversion = conversion_record(model_dir)  # a converted base: name the folder the user gave
         write_json(final / "vidtune.json", {"method": settings.method, "base_model": str(model_dir),
+                                           **({"base_model_original": conversion["source"]} if conversion else {}),
                                            **data_settings})
     shutil.rmtree(staging, ignore_errors=True)
 
@@ -160,12 +163,12 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, settings: TrainingSet
 
 
 def train_job(meta_path: Path, model_dir: Path, out_dir: Path, settings: TrainingSettings,
-              trust_remote_code: bool, log: logging.Logger) -> dict:
+              log: logging.Logger) -> dict:
     """What the train rule runs: training in this process, or (``gpus`` or ``nodes`` above 1) one process
     per GPU, at least one per node."""
     if settings.gpus <= 1 and settings.nodes <= 1:
-        return train(meta_path, model_dir, out_dir, settings, trust_remote_code=trust_remote_code, log=log)
-    launch(cli_arguments(meta_path, model_dir, out_dir, settings, trust_remote_code), settings.gpus, log,
+        return train(meta_path, model_dir, out_dir, settings, log=log)
+    launch(cli_arguments(meta_path, model_dir, out_dir, settings), settings.gpus, log,
            settings.nodes)
     return json.loads((Path(out_dir) / "train_summary.json").read_text(encoding="utf-8"))
 
@@ -209,12 +212,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, required=True, help="the base model folder")
     parser.add_argument("--out", type=Path, required=True, help="the training folder (final/, checkpoints/)")
     parser.add_argument("--settings", type=Path, help="runs.<run>.training as a JSON file (default: defaults)")
-    parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--log", type=Path, help="log file (default: standard error)")
     options = parser.parse_args(argv)
     settings = TrainingSettings.read(options.settings) if options.settings else TrainingSettings.from_config({})
-    train(options.meta, options.model, options.out, settings, trust_remote_code=options.trust_remote_code,
-          log=options.log)
+    train(options.meta, options.model, options.out, settings, log=options.log)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # Process 0 writes the outputs while the others are done: they leave the group together, so no process
         # exits with the group's threads still running (an abort, "terminate called without an active exception").

@@ -23,7 +23,6 @@ if mine:  # a shard past the last batch loads no model
     from vidtune.predict import predict_records
 
     # Record paths are relative to the results folder.
-    predictions = predict_records(Path(snakemake.input.model), mine, Path(snakemake.config["results"]), settings,
-                                  trust_remote_code=snakemake.params.model["trust_remote_code"])
+    predictions = predict_records(Path(snakemake.input.model), mine, Path(snakemake.config["results"]), settings)
 write_jsonl(snakemake.output.predictions, predictions)
 log.info("%d predictions", len(predictions))

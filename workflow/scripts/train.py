@@ -14,17 +14,14 @@ from vidtune.train import train_job  # noqa: E402
 from vidtune.training.settings import TrainingSettings  # noqa: E402
 
 out_dir = Path(snakemake.params.out_dir)
-trust_remote_code = snakemake.params.model["trust_remote_code"]
 # Checkpoints are kept when the data and the settings that change the weights are the same: a larger
 # time limit (resources) or another logging interval resumes from the last one.
 current = fingerprint([snakemake.input.meta, *snakemake.input.records,
                        snakemake.input.model],
-                      {"training": weight_settings(snakemake.params.training),
-                       "trust_remote_code": trust_remote_code})
+                      {"training": weight_settings(snakemake.params.training)})
 if claim_state_folder(out_dir / "checkpoints", current):  # once, before any training process starts
     log.info("checkpoints of the same data and settings kept for resuming")
 settings = TrainingSettings.from_config({**snakemake.params.training, "save_steps": snakemake.resources.save_steps,
                                         "save_total_limit": snakemake.resources.save_total_limit})
-summary = train_job(Path(snakemake.input.meta), Path(snakemake.input.model), out_dir, settings,
-                    trust_remote_code=trust_remote_code, log=log)
+summary = train_job(Path(snakemake.input.meta), Path(snakemake.input.model), out_dir, settings, log=log)
 log.info("summary: %s", summary)

@@ -85,15 +85,14 @@ def rendezvous_endpoint() -> str:
     return f"{socket.gethostname()}:{port}"
 
 
-def cli_arguments(meta_path: Path, model_dir: Path, out_dir: Path, settings: TrainingSettings,
-                  trust_remote_code: bool = False) -> list[str]:
+def cli_arguments(meta_path: Path, model_dir: Path, out_dir: Path, settings: TrainingSettings) -> list[str]:
     """The arguments of ``python -m vidtune.train`` (see its main) for one training; the settings go to
     ``out_dir/training_settings.json``, which every process reads."""
     settings_file = Path(out_dir) / "training_settings.json"
     settings_file.parent.mkdir(parents=True, exist_ok=True)
     settings.write(settings_file)
     return ["--meta", str(meta_path), "--model", str(model_dir), "--out", str(out_dir),
-            "--settings", str(settings_file), *(["--trust-remote-code"] * trust_remote_code)]
+            "--settings", str(settings_file)]
 
 
 def launch(args: list[str], gpus: int, log: logging.Logger, nodes: int = 1) -> None:

@@ -48,16 +48,15 @@ def lora_target_modules(model: nn.Module, vision: bool = False) -> list[str]:
     return targets
 
 
-def prepare_model(model_dir: Path, settings: TrainingSettings, trust_remote_code: bool, log: logging.Logger):
+def prepare_model(model_dir: Path, settings: TrainingSettings, log: logging.Logger):
     """Load the base model and make exactly the chosen parts trainable."""
     method, bf16 = settings.method, settings.uses_bf16
     if method == "qlora":
-        model = load_model(model_dir, trust_remote_code=trust_remote_code, quantization="nf4",
-                           dtype=torch.bfloat16)
+        model = load_model(model_dir, quantization="nf4", dtype=torch.bfloat16)
     else:
         # LoRA keeps the frozen base in bf16 where training runs in bf16 (adapters stay fp32, peft's default).
         base_dtype = torch.bfloat16 if bf16 and method == "lora" else torch.float32
-        model = load_model(model_dir, trust_remote_code=trust_remote_code, dtype=base_dtype)
+        model = load_model(model_dir, dtype=base_dtype)
     model.config.use_cache = False
     if method == "full":
         frozen = {"vision": settings.freeze_vision, "projector": settings.freeze_projector,
