@@ -90,14 +90,22 @@ def _name_stock_processor(folder: Path) -> None:
 
 
 def load_processor(path: str | Path):
-    """The stock AutoProcessor where its video processor is usable, else the image-only InternVL processor."""
+    """The stock AutoProcessor where its video processor is usable, else the image-only InternVL processor.
+
+    Images are resized by PIL (the image processor's pil backend), as InternVL's own preprocessing does
+    (torchvision's transforms on PIL images): the same tiles as the checkpoint saw in its training, not the
+    slightly different pixels of a tensor resize.
+    """
+    from transformers import AutoImageProcessor
+
     path = Path(path)
     if not path.is_dir():
         raise ModelError("model folder not found", file=path, fix="check the model path in the config")
     try:
+        image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
         if is_torchvision_available():
-            return AutoProcessor.from_pretrained(path)
-        return InternVLImageOnlyProcessor.from_pretrained(path)
+            return AutoProcessor.from_pretrained(path, image_processor=image_processor)
+        return InternVLImageOnlyProcessor.from_pretrained(path, image_processor=image_processor)
     except (OSError, ValueError, KeyError, AttributeError) as error:
         raise ModelError(f"cannot load the processor: {error}", file=path,
                          fix="the folder needs the tokenizer and preprocessor files of an InternVL checkpoint") \

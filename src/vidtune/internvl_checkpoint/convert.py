@@ -33,10 +33,13 @@ IMAGE_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>", "cont
 # Keys of a saved LLM config that describe how it was saved or run, not the model.
 _RUNTIME_KEYS = {"architectures", "auto_map", "_name_or_path", "transformers_version", "attn_implementation",
                  "_attn_implementation", "_attn_implementation_autoset", "torch_dtype", "dtype", "use_flash_attn"}
-# Tokenizer classes that exist only as a checkpoint's own Python code, and the transformers class that reads
-# the same sentencepiece model.
-_REMOTE_TOKENIZERS = {"InternLM2Tokenizer": "LlamaTokenizer", "InternLM2TokenizerFast": "LlamaTokenizer",
-                      "InternLM3Tokenizer": "LlamaTokenizer"}
+# Tokenizer classes that exist only as a checkpoint's own Python code, and the transformers class (with the
+# settings) that reads the same sentencepiece model into the same ids: InternLM's tokenizers start with <s>
+# and give every text piece between special tokens sentencepiece's leading space (Llama's legacy behaviour).
+_SENTENCEPIECE_AS_INTERNLM = ("LlamaTokenizer", {"legacy": True, "add_bos_token": True, "add_eos_token": False})
+_REMOTE_TOKENIZERS = {"InternLM2Tokenizer": _SENTENCEPIECE_AS_INTERNLM,
+                      "InternLM2TokenizerFast": _SENTENCEPIECE_AS_INTERNLM,
+                      "InternLM3Tokenizer": _SENTENCEPIECE_AS_INTERNLM}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                     "added_tokens.json", "vocab.json", "merges.txt")
 
@@ -71,6 +74,11 @@ def text_config(checkpoint: OriginalCheckpoint):
     llm = {key: value for key, value in checkpoint.llm_config.items() if key not in _RUNTIME_KEYS}
     if checkpoint.backbone.weights == "internlm2":
         llm = _llama_settings_of_internlm2(llm)
+    scaling = llm.get("rope_scaling")
+    if isinstance(scaling, dict) and "original_max_position_embeddings" in llm:
+        # Phi-3's su/longrope scaling: transformers 5 reads the original context length inside the scaling.
+        llm["rope_scaling"] = {"original_max_position_embeddings": llm["original_max_position_embeddings"],
+                               **scaling}
     llm["tie_word_embeddings"] = checkpoint.tied
     llm.pop("model_type", None)
     return CONFIG_MAPPING[checkpoint.backbone.native_model_type](**llm)
@@ -118,15 +126,17 @@ def native_tokenizer(checkpoint: OriginalCheckpoint):
         settings.pop("auto_map", None)
         settings.pop("chat_template", None)
         tokenizer_class = settings.get("tokenizer_class")
+        options: dict = {}
         if tokenizer_class in _REMOTE_TOKENIZERS:
-            settings["tokenizer_class"] = _REMOTE_TOKENIZERS[tokenizer_class]
+            settings["tokenizer_class"], options = _REMOTE_TOKENIZERS[tokenizer_class]
         settings_file.write_text(json.dumps(settings), encoding="utf-8")
         try:
             tokenizer = AutoTokenizer.from_pretrained(temp, trust_remote_code=False,
-                                                      extra_special_tokens=IMAGE_TOKENS)
+                                                      extra_special_tokens=IMAGE_TOKENS, **options)
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ModelError(f"cannot read the checkpoint's tokenizer ({tokenizer_class}): {error}",
                              file=checkpoint.folder, fix="the folder needs the tokenizer files the Hub has") from error
+    tokenizer.init_kwargs.update(options)  # saved with it, so the folder reloads into the same ids
     missing = [token for key, token in IMAGE_TOKENS.items()
                if key != "video_token" and tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id)]
     if missing:

@@ -102,13 +102,14 @@ def is_original_layout(folder: str | Path) -> bool:
 
 
 def weight_files(folder: str | Path) -> list[Path]:
-    """The folder's safetensors files in order: the index's shards, or the single file(s)."""
+    """The model's safetensors files in order: the index's shards, else model.safetensors (other safetensors
+    files in the folder, an adapter's say, are not the model's)."""
     folder = Path(folder)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         return [folder / name for name in sorted(set(weight_map.values()))]
-    return sorted(folder.glob("*.safetensors"))
+    return sorted(folder.glob("model*.safetensors"))
 
 
 def _header(path: Path) -> dict:
