@@ -102,10 +102,10 @@ def load_processor(path: str | Path):
     if not path.is_dir():
         raise ModelError("model folder not found", file=path, fix="check the model path in the config")
     try:
-        image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
-        if is_torchvision_available():
-            return AutoProcessor.from_pretrained(path, image_processor=image_processor)
-        return InternVLImageOnlyProcessor.from_pretrained(path, image_processor=image_processor)
+        processor = AutoProcessor.from_pretrained(path) if is_torchvision_available() \
+            else InternVLImageOnlyProcessor.from_pretrained(path)
+        processor.image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
+        return processor
     except (OSError, ValueError, KeyError, AttributeError) as error:
         raise ModelError(f"cannot load the processor: {error}", file=path,
                          fix="the folder needs the tokenizer and preprocessor files of an InternVL checkpoint") \

@@ -165,6 +165,15 @@ def read_original_checkpoint(folder: str | Path) -> OriginalCheckpoint:
         raise UnsupportedCheckpoint(
             f"its language model {architecture!r} (llm_config.architectures) is not supported; supported: "
             f"{supported_summary()}")
+    code = str((config.get("auto_map") or {}).get("AutoModel", "modeling_internvl_chat.")).split(".")[0]
+    if code != "modeling_internvl_chat":
+        if "hico" in code or "internvideo" in code.lower():
+            raise UnsupportedCheckpoint(
+                f"its model code is {code}, InternVideo2.5's: its forward merges every 4 frames' visual tokens to "
+                "16 per frame (token merging), which the native InternVL class does not do, so converted "
+                "weights would not be the model that was trained. Train it with InternVideo2.5's own trainer "
+                "on the files `snakemake --cores N export` writes (docs/datasets.md)")
+        raise UnsupportedCheckpoint(f"its model code is {code}, not InternVL's modeling_internvl_chat")
     problems = []
     if config.get("ps_version", "v1") != "v2":
         problems.append(f"ps_version {config.get('ps_version', 'v1')!r} (the native class has v2's pixel "
