@@ -388,7 +388,7 @@ def build(name, checkout, out_root):
     llm['pad_token_id'] = tok.pad_token_id
     if spec['llm']['model_type'] == 'phi3':  # su scaling with non-trivial factors (head_dim / 2 each)
         half = SMALL['hidden_size'] // SMALL['num_attention_heads'] // 2
-        llm['rope_scaling'] = {'type': 'su', 'short_factor': [1.0 + 0.1 * i for i in range(half)],
+        llm['rope_scaling'] = {'type': 'su', 'short_factor': [round(1.0 + 0.1 * i, 2) for i in range(half)],
                                'long_factor': [2.0 + 0.5 * i for i in range(half)]}
     vision = dict(architectures=['InternVisionModel'], model_type='intern_vit_6b', hidden_size=16,
                   intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, image_size=spec['image_size'],
