@@ -408,7 +408,10 @@ def build(name, checkout, out_root):
     torch.manual_seed(spec['seed'])
     model = model_cls(config).float().eval()
     fill_weights(model, spec['seed'])
-    if spec.get('tied'):
+    if spec.get('tied'):  # one matrix is both embedding and head: scale it as a head so logits stay moderate
+        embedding = model.language_model.get_input_embeddings().weight
+        with torch.no_grad():
+            embedding.copy_((embedding / 8).to(torch.bfloat16).to(embedding.dtype))
         model.language_model.tie_weights()
     tied = model.language_model.get_output_embeddings().weight is model.language_model.get_input_embeddings().weight
     assert tied == bool(spec.get('tied')), (name, tied)
@@ -480,7 +483,8 @@ def reference(name, spec, checkout, out, tied, shards):
     save_file({'input_ids': input_ids.contiguous(), 'attention_mask': attention_mask.contiguous(),
                'image_flags': image_flags, 'logits': logits[:, logits_start:].contiguous()},
               out / 'reference.safetensors')
-    sep = conv.sep.strip() if conv.sep_style.name == 'MPT' else conv.sep2.strip()
+    # chat()'s eos: the template's sep (internvl_chat code), sep2 where the template has one (gpt_oss code)
+    sep = conv.sep2.strip() if spec['code'] == 'internvl_chat_gpt_oss' and conv.sep2 is not None else conv.sep.strip()
     write_json(out / 'reference.json', {
         'backbone': name,
         'llm_architecture': model.config.llm_config.architectures[0],
