@@ -240,7 +240,12 @@ def sentencepiece_model(lines, path, user_defined, vocab_size):
         vocab_size=vocab_size, byte_fallback=True, character_coverage=1.0, user_defined_symbols=user_defined,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2, split_digits=True,
         allow_whitespace_only_pieces=True, remove_extra_whitespaces=False,
-        normalization_rule_name='identity')
+        normalization_rule_name='identity', num_threads=1)
+    from transformers.convert_slow_tokenizer import import_protobuf  # the proto module transformers registers
+    proto = import_protobuf().ModelProto()
+    proto.ParseFromString(path.read_bytes())
+    proto.trainer_spec.model_prefix = 'tokenizer'  # not the temporary path, so a rebuild gives the same bytes
+    path.write_bytes(proto.SerializeToString())
     return path
 
 
