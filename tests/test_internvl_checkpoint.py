@@ -34,7 +34,7 @@ FIXTURES = REPO / "tests" / "data" / "internvl_original"
 BACKBONES = sorted(path.name for path in FIXTURES.iterdir() if (path / "reference.json").is_file())
 # The published checkpoints of each backbone keep a separate output layer (InternVL's config unties them);
 # InternVL3.5's Qwen3 dense models tie it (their own config keeps the LLM's tie_word_embeddings).
-UNTIED = {"qwen2", "internlm2", "llama", "phi3", "internlm3", "qwen3_moe", "gpt_oss"}
+UNTIED = {"qwen2", "internlm2", "llama", "phi3", "qwen3_moe", "gpt_oss"}
 
 
 def reference(backbone: str) -> tuple[dict, dict, torch.Tensor]:
@@ -60,7 +60,10 @@ def converted(tmp_path_factory):
 
 
 def test_every_backbone_the_issue_names_has_a_fixture():
-    assert {"qwen2", "internlm2", "llama", "phi3", "qwen3"} <= set(BACKBONES), BACKBONES
+    from vidtune.internvl_checkpoint.layout import BACKBONES as SUPPORTED
+
+    fixtures = {json.loads((FIXTURES / name / "reference.json").read_text())["llm_architecture"] for name in BACKBONES}
+    assert fixtures == set(SUPPORTED), "every supported backbone is proven on a fixture of InternVL's own code"
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -168,6 +171,7 @@ def _variant(tmp_path: Path, change=None, extra_tensor: str | None = None) -> Pa
 
 @pytest.mark.parametrize("change, extra_tensor, found", [
     (lambda c: c["llm_config"].update(architectures=["MistralForCausalLM"]), None, "'MistralForCausalLM'"),
+    (lambda c: c["llm_config"].update(architectures=["InternLM3ForCausalLM"]), None, "InternVL3-9B-hf"),
     (lambda c: c.update(ps_version="v1"), None, "ps_version 'v1'"),
     (lambda c: c.update(use_thumbnail=False), None, "use_thumbnail false"),
     (lambda c: c["vision_config"].update(use_mean_pooling=False), None, "use_mean_pooling false"),
@@ -175,7 +179,7 @@ def _variant(tmp_path: Path, change=None, extra_tensor: str | None = None) -> Pa
     (None, "mlp2.0.weight", "(mlp2: a resolution router"),
     (lambda c: c["auto_map"].update(AutoModel="modeling_internvl_chat_hico2.InternVLChatModel"), None,
      "snakemake --cores N export"),
-], ids=["backbone", "ps_version", "thumbnail", "mean_pooling", "template", "flash_router", "internvideo2_5"])
+], ids=["backbone", "internlm3", "ps_version", "thumbnail", "mean_pooling", "template", "flash_router", "internvideo2_5"])
 def test_unsupported_checkpoints_are_refused_naming_key_finding_and_support(tmp_path, change, extra_tensor, found):
     folder = _variant(tmp_path, change, extra_tensor)
     with pytest.raises(ConfigError) as error:
@@ -240,9 +244,10 @@ def test_train_all_on_an_original_folder_converts_once_and_merges_back(tmp_path)
     for path in source.iterdir():
         os.utime(path)
     assert workflow.planned_jobs("train_all") == {}
-    shard = weight_files(source)[0]
+    index = json.loads((source / "model.safetensors.index.json").read_text())["weight_map"]
+    name = next(name for name in sorted(index) if name.startswith("mlp1."))
+    shard = source / index[name]
     tensors = load_file(shard)
-    name = next(name for name in tensors if name.startswith("mlp1."))
     tensors[name] = tensors[name] + 1
     save_file(tensors, shard, metadata={"format": "pt"})
     planned = workflow.planned_jobs("train_all")
