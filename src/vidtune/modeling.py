@@ -123,10 +123,16 @@ def quantization_config(dtype: torch.dtype = torch.bfloat16):
 
 
 def check_model_dir(path: str | Path) -> Path:
+    from vidtune.internvl_checkpoint.layout import is_original_layout
+
     path = Path(path)
     problem = model_folder_problem(path)
     if problem:
         raise ModelError(problem[0], file=path, fix=problem[1])
+    if is_original_layout(path):
+        raise ModelError("a checkpoint in InternVL's original layout is loaded after conversion", file=path,
+                         fix=f"convert it once: python -m vidtune.internvl_checkpoint.convert {path} "
+                             f"{path.name}-native (the workflow does this itself in convert_model)")
     return path
 
 

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from vidtune.atomic import atomic_dir, write_json
-from vidtune.errors import ModelError
+from vidtune.errors import ModelError, command_line
 from vidtune.internvl_checkpoint.chat_templates import TEMPLATES, chat_template
 from vidtune.internvl_checkpoint.layout import (OriginalCheckpoint, UnsupportedCheckpoint, read_original_checkpoint,
                                                 weight_files)
@@ -248,3 +248,23 @@ def conversion_record(folder: str | Path) -> dict | None:
     """What a converted folder's conversion.json says (None for a folder not made by conversion)."""
     path = Path(folder) / CONVERSION_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+@command_line
+def main(argv: list[str] | None = None) -> None:
+    """``python -m vidtune.internvl_checkpoint.convert SOURCE OUT``: what the convert_model step does, by hand
+    (for ``python -m vidtune.predict`` on a checkpoint in the original layout, say)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m vidtune.internvl_checkpoint.convert", description=main.__doc__)
+    parser.add_argument("source", type=Path, help="the original-layout checkpoint folder, as downloaded")
+    parser.add_argument("out", type=Path, help="the native folder to write")
+    options = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(json.dumps(convert_checkpoint(options.source, options.out), indent=2))
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
