@@ -1,8 +1,9 @@
 # Predict the evaluation split with the base model and with the merged finetuned model: the same frames,
-# prompt, chat template, tiling (each dataset's own) and generation settings for both. Each prediction runs as evaluation.shards jobs
-# (each on its own GPU; on SLURM one job per shard), joined into one file sorted by id that is the same for
-# any shard count. Base predictions depend only on the base model, the test records and the prediction
-# settings, so runs that share those share one base prediction (results/predictions/base/<model>/<key>).
+# prompt, chat template, tiling (each dataset's own) and generation settings for both. Each prediction runs
+# as evaluation.shards jobs (each on its own GPU; on SLURM one job per shard), joined into one file sorted by
+# id that is the same for any shard count. Base predictions depend only on the base model, the test records
+# and the prediction settings, so runs that share those share one base prediction
+# (results/predictions/base/<model>/<key>).
 
 
 rule predict_base:
