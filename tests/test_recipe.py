@@ -46,7 +46,13 @@ def test_training_arguments_carry_the_recipe(tmp_path):
     assert (args.lr_scheduler_type, args.optim) == ("linear", "adamw_torch")
     assert args.warmup_steps == 5 and isinstance(args.warmup_steps, int)
     assert (args.max_grad_norm, args.adam_beta2, args.disable_tqdm) == (0.25, 0.95, False)
-    assert args.report_to == [] or args.report_to == "none" or args.report_to == ["none"]
+    assert args.report_to in ("none", [], ["none"])
+    paged = TrainingSettings.from_config({"optim": "paged_adamw_8bit", "gpus": 1})
+    if torch.cuda.is_available():  # a GPU job runs it
+        assert training_arguments(paged, tmp_path, 10, logging.getLogger("test")).optim == "paged_adamw_8bit"
+    else:  # a job that got no GPU stops before training, saying why
+        with pytest.raises(ConfigError, match="paged_adamw_8bit runs on CUDA only and this job has no GPU"):
+            training_arguments(paged, tmp_path, 10, logging.getLogger("test"))
 
 
 def test_warmup_ratio_one_warms_up_over_every_step_of_a_real_training(tiny, tmp_path):
