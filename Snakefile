@@ -1,7 +1,8 @@
 # vidtune: raw video/image caption datasets -> canonical samples -> splits -> frames -> InternVL files
 # -> training -> merged model -> predictions (base and finetuned) -> caption metrics -> report.
 #
-# Targets: prepare_all (data up to JSONL + meta.json), train_all (everything), evaluate_all (metrics).
+# Targets: prepare_all (data up to JSONL + meta.json), train_all (everything), evaluate_all (metrics). A config
+# with datasets only (no models or runs) prepares its datasets; nothing that needs a model or a run is planned.
 # The rules are in pipeline order under rules/; their logic lives in the vidtune package (src/vidtune).
 
 from snakemake.utils import min_version
@@ -51,6 +52,11 @@ MODEL_OUTPUTS = [
     expand(rules.merge.output.model, run=RUNS),
     [run_predictions(run, which) for run in RUNS for which in ("base", "finetuned")],
 ]
+# What compares runs; a config without runs (datasets only) plans none of it.
+COMPARISON_OUTPUTS = [
+    expand(rules.score.output.metrics, run=RUNS),
+    [rules.compare_runs.output.comparison, rules.runs_table.output.table] if RUNS else [],
+]
 
 
 rule prepare_all:
@@ -63,11 +69,9 @@ rule train_all:
     input:
         DATA_OUTPUTS,
         MODEL_OUTPUTS,
-        expand(rules.score.output.metrics, run=RUNS),
-        rules.compare_runs.output.comparison,
-        rules.runs_table.output.table,
+        COMPARISON_OUTPUTS,
         expand(rules.report_run.output, run=RUNS),
-        rules.report_overview.output,
+        rules.report_overview.output if RUNS else [],
 
 
 rule export:
@@ -79,6 +83,4 @@ rule evaluate_all:
     input:
         DATA_OUTPUTS,
         MODEL_OUTPUTS,
-        expand(rules.score.output.metrics, run=RUNS),
-        rules.compare_runs.output.comparison,
-        rules.runs_table.output.table,
+        COMPARISON_OUTPUTS,

@@ -31,7 +31,8 @@ except ConfigError as error:
 
 RESULTS = config["results"]
 RUNS = sorted(config["runs"])
-USED_DATASETS = sorted({d for run in config["runs"].values() for d in run["datasets"]})
+# The datasets the runs use; a config of datasets only (no runs, no models) prepares every one of them.
+USED_DATASETS = sorted({d for run in config["runs"].values() for d in run["datasets"]} if RUNS else config["datasets"])
 SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
 
 
@@ -188,7 +189,10 @@ def checked_training_records(wildcards):
 
 
 def evaluation_files(wildcards):
-    return dataset_split_file(config["runs"][wildcards.run]["evaluation"]["split"])(wildcards)
+    """The run's evaluation records, one file per dataset in the order of their sorted names (as the predict
+    script pairs them with the datasets' settings)."""
+    run = config["runs"][wildcards.run]
+    return split_files(sorted(run["datasets"]), run["evaluation"]["split"])
 
 
 def _base_evaluations():
@@ -215,6 +219,14 @@ BASE_EVALUATIONS = _base_evaluations()
 
 def base_evaluation(wildcards):
     return BASE_EVALUATIONS[(wildcards.model, wildcards.evaluation)]
+
+
+def base_evaluation_datasets_settings(rule):
+    """params: for each dataset of a base prediction, its settings that reach `rule`."""
+    return lambda wildcards: {
+        name: settings_for(rule, config["datasets"][name], "datasets", ANY)
+        for name in base_evaluation(wildcards)["datasets"]
+    }
 
 
 def base_evaluation_files(wildcards):

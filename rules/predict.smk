@@ -1,8 +1,9 @@
 # Predict the evaluation split with the base model and with the merged finetuned model: the same frames,
-# prompt, chat template and generation settings for both. Each prediction runs as evaluation.shards jobs
-# (each on its own GPU; on SLURM one job per shard), joined into one file sorted by id that is the same for
-# any shard count. Base predictions depend only on the base model, the test records and the prediction
-# settings, so runs that share those share one base prediction (results/predictions/base/<model>/<key>).
+# prompt, chat template, tiling (each dataset's own) and generation settings for both. Each prediction runs
+# as evaluation.shards jobs (each on its own GPU; on SLURM one job per shard), joined into one file sorted by
+# id that is the same for any shard count. Base predictions depend only on the base model, the test records
+# and the prediction settings, so runs that share those share one base prediction
+# (results/predictions/base/<model>/<key>).
 
 
 rule predict_base:
@@ -13,6 +14,7 @@ rule predict_base:
         predictions=f"{RESULTS}/predictions/base/{{model}}/{{evaluation}}/{{shard}}.jsonl",
     params:
         evaluation=lambda wildcards: base_evaluation(wildcards)["settings"],
+        datasets=base_evaluation_datasets_settings("predict_base"),
         model=model_settings("predict_base"),
     log:
         f"{RESULTS}/logs/predict/base/{{model}}/{{evaluation}}/{{shard}}.log",
@@ -41,6 +43,7 @@ rule predict_finetuned:
         predictions=f"{RESULTS}/runs/{{run}}/predictions/finetuned/{{shard}}.jsonl",
     params:
         evaluation=run_settings("predict_finetuned", "evaluation"),
+        datasets=run_datasets_settings("predict_finetuned"),
         model=model_settings("predict_finetuned"),
     log:
         f"{RESULTS}/logs/predict/finetuned/{{run}}/{{shard}}.log",

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import fixtures_datasets as fx
-from vidtune.adapters import adapter
+from vidtune.adapters import FORMATS, adapter
 from vidtune.adapters.ego4d import clean_text
 from vidtune.adapters.coco import image_id
 from vidtune.errors import ConfigError, DataError
@@ -354,7 +354,7 @@ def test_demo_reads_like_jsonl(tmp_path):
 
 # --- options and annotation files ------------------------------------------------------------------
 
-@pytest.mark.parametrize("fmt", ["jsonl", "csv", "ego4d", "qevd", "nexar", "coco", "demo"])
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_unknown_option_names_the_key(tmp_path, fmt):
     cfg = fx.MAKERS[fmt](tmp_path)
     cfg["options"] = {**cfg.get("options", {}), "no_such_option": 1}

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
-from vidtune.atomic import atomic_dir, atomic_path, write_json, write_jsonl
+from vidtune.atomic import atomic_dir, atomic_path, read_json, read_jsonl, write_json, write_jsonl
+from vidtune.errors import DataError
 from vidtune.fingerprint import claim_state_folder, fingerprint
 
 
@@ -60,3 +63,39 @@ def test_state_folder_is_kept_only_for_the_same_fingerprint(tmp_path):
     assert changed != first
     assert claim_state_folder(state, changed) is False
     assert not (state / "checkpoint-2").exists()
+
+
+def test_readers_name_the_file_and_the_line(tmp_path):
+    """One reader per file kind (issue 24): a broken JSON Lines line or JSON file fails naming both."""
+    lines = tmp_path / "predictions.jsonl"
+    lines.write_text('{"id": "a"}\n\n{"id": "b", \n{"id": "c"}\n')
+    with pytest.raises(DataError) as error:
+        read_jsonl(lines)
+    assert str(lines) in str(error.value) and "line 3" in str(error.value)
+    document = tmp_path / "metrics.json"
+    document.write_text('{\n  "base": {,\n}')
+    with pytest.raises(DataError) as error:
+        read_json(document, fix="rerun score")
+    assert str(document) in str(error.value) and "line 2" in str(error.value) and "rerun score" in str(error.value)
+    write_json(document, {"a": [1]})
+    assert read_json(document) == {"a": [1]}
+
+
+def _json_calls(path: Path) -> list[str]:
+    """Where a file parses JSON itself: json.load/json.loads calls, and (scripts) files opened by hand."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call):
+            function = node.func
+            name = function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", "")
+            owner = getattr(function.value, "id", "") if isinstance(function, ast.Attribute) else ""
+            if (owner == "json" and name in ("load", "loads")) or name == "open":
+                found.append(f"{path.name}:{node.lineno} {owner + '.' if owner else ''}{name}")
+    return found
+
+
+def test_scripts_read_json_and_jsonl_through_the_readers():
+    """Every workflow script reads its JSON and JSON Lines inputs with vidtune.atomic's readers, so a broken
+    line says which file and line; none parses or opens files itself."""
+    scripts = sorted((Path(__file__).resolve().parents[1] / "workflow" / "scripts").glob("*.py"))
+    assert scripts and [call for script in scripts for call in _json_calls(script)] == []

@@ -88,3 +88,18 @@ def test_format_options_get_the_schema_defaults(tmp_path):
     validate(config, str(SCHEMA_PATH), set_default=True)
     assert config["datasets"]["demo"]["options"] == schema_defaults("table_options")
     assert config["datasets"]["ego"]["options"] == {**schema_defaults("ego4d_options"), "target": "narrations"}
+
+
+def test_a_config_of_datasets_only_prepares_the_data(tmp_path):
+    """No models, no runs (issue 24): prepare_all prepares every dataset, and nothing that needs a model or
+    a run is planned, by any target."""
+    config = {"datasets": {"demo": {"format": "demo", "root": "results/demo/data", "shards": 1,
+                                    "frames": {"num_frames": 2, "short_side": 32}}},
+              "demo": {"num_videos": 4, "seconds": 1, "size": 32}}
+    workflow = Workflow(tmp_path / "work", config)
+    data_rules = {"make_demo_dataset", "ingest", "split", "frame_manifest", "extract_frames", "internvl_files"}
+    for target in ("prepare_all", "train_all", "evaluate_all"):
+        assert set(workflow.planned_jobs(target)) == data_rules, target
+    workflow.snakemake("prepare_all")
+    assert len(workflow.path("results/datasets/demo/internvl/train.jsonl").read_text().splitlines()) > 0
+    assert not workflow.path("results/models").exists() and not workflow.path("results/runs").exists()

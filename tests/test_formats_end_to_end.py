@@ -10,11 +10,13 @@ import pytest
 
 from conftest import Workflow, quick_config
 from fixtures_datasets import MAKERS
+from vidtune.adapters import FORMATS as ADAPTER_FORMATS
+from vidtune.config import GENERATED_FORMATS
 from vidtune.scoring import CAPTION_METRICS
 
 pytestmark = pytest.mark.integration
 
-FORMATS = ["jsonl", "csv", "ego4d", "qevd", "nexar", "coco"]
+FORMATS = [name for name in ADAPTER_FORMATS if name not in GENERATED_FORMATS]  # read from files
 
 
 @pytest.fixture(scope="module")

@@ -104,6 +104,8 @@ def another_value(leaf, current):
         return current + 1 if current + 1 <= spec.get("maximum", current + 1) else current - 1
     if spec.get("type") == "number":
         return current / 2 if current else 0.5
+    if leaf.path[-1] == "trainer_args":  # a TrainingArguments key that changes the weights
+        return {**current, "max_grad_norm": 0.5}
     if spec.get("type") == "object":
         return {**current, "id_field": "uid"}  # a field the demo lacks, like "id": other options, same samples
     if leaf.path[-1] in ("root", "annotations"):  # the same place, written differently
@@ -167,6 +169,18 @@ def test_reordered_config_makes_nothing_stale(finished, tmp_path):
     try:
         assert dry_run(finished) == (set(), set())
         assert "Nothing to be done" in finished.snakemake("-n", *TARGETS).stdout
+    finally:
+        finished.write_config(reach_config())
+
+
+def test_logging_trainer_args_make_nothing_stale(finished):
+    """trainer_args keys that only log or report reach no step (issue 24)."""
+    config = with_defaults(finished.config)
+    config["runs"][RUN]["training"]["trainer_args"] = {"run_name": "another", "log_level": "info",
+                                                       "disable_tqdm": False}
+    finished.write_config(config)
+    try:
+        assert dry_run(finished) == (set(), set())
     finally:
         finished.write_config(reach_config())
 

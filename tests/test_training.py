@@ -51,7 +51,7 @@ def test_each_method_learns(method, tiny, meta, tmp_path):
     assert len(losses) == summary["steps"] == 8
     assert sum(losses[-2:]) < sum(losses[:2]) - 0.1
     final = tmp_path / "final"
-    settings = json.loads((final / "vidtune.json").read_text())
+    settings = json.loads((final / "vidtune.json").read_text())["datasets"]["synthetic"]
     assert settings["prompt"] == "Describe the video." and settings["frames"]["num_frames"] == 2
     assert (final / ("model.safetensors" if method == "full" else "adapter_model.safetensors")).is_file()
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"

@@ -142,15 +142,41 @@ def write_jsonl(path: str | os.PathLike, records: Iterator[dict] | list[dict]) -
     return count
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
+# The readers of the two file kinds vidtune reads and writes: every step and script reads JSON and JSON Lines
+# through them, so a broken file fails naming the file and the line. ``fix`` says what to do about it (by
+# default: the file is one of vidtune's outputs).
+RERUN = "rerun the step that wrote it (a killed job or a full disk can leave a file cut short)"
+
+
+def read_jsonl(path: str | os.PathLike, fix: str = RERUN) -> list[dict]:
     """The records of a JSON Lines file (blank lines skipped); a line that is not JSON fails naming it."""
     records = []
-    with open(path, encoding="utf-8") as handle:
+    with _opened(path, fix) as handle:
         for number, line in enumerate(handle, 1):
             if line.strip():
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as error:
-                    raise DataError(f"not valid JSON: {error.msg}", file=str(path), record=f"line {number}",
-                                    fix="rerun the step that wrote it") from None
+                    raise DataError(f"not valid JSON: {error.msg} at column {error.colno}", file=str(path),
+                                    record=f"line {number}", fix=fix) from None
     return records
+
+
+def read_json(path: str | os.PathLike, fix: str = RERUN) -> Any:
+    """A whole JSON file; a syntax error fails naming the file and the line."""
+    with _opened(path, fix) as handle:
+        try:
+            return json.load(handle)
+        except json.JSONDecodeError as error:
+            raise DataError(f"not valid JSON: {error.msg} at column {error.colno}", file=str(path),
+                            record=f"line {error.lineno}", fix=fix) from None
+
+
+@contextlib.contextmanager
+def _opened(path: str | os.PathLike, fix: str) -> Iterator:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            yield handle
+    except UnicodeDecodeError as error:
+        raise DataError(f"not UTF-8 text ({error.reason})", file=str(path), fix="re-encode the file as UTF-8") \
+            from None

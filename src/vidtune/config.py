@@ -3,8 +3,9 @@
 The schema (``config.schema.yaml`` beside this module, also reachable as workflow/schemas/config.schema.yaml)
 checks keys and types and holds every default; :func:`schema_defaults` gives them to the library, so code
 used outside Snakemake defaults exactly as the workflow does. :func:`check_config` checks what the keys refer
-to: datasets and models that runs name, folders that must exist, model folders that must be models. Both run
-when the workflow is parsed, so a bad config fails before any job starts.
+to: datasets and models that runs name, folders that must exist, model folders that must be models, and a
+run's training settings against the installed transformers (vidtune.training.settings.check_training). Both
+run when the workflow is parsed, so a bad config fails before any job starts.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ GENERATED_FORMATS = {"demo"}
 
 def check_config(config: dict, config_file: str = "config") -> None:
     """Raise :class:`ConfigError` naming the key at fault, or return quietly."""
-    datasets, models, runs = config["datasets"], config["models"], config["runs"]
+    datasets, models, runs = config["datasets"], config.get("models", {}), config.get("runs", {})
     for name, dataset in datasets.items():
         if dataset["format"] in GENERATED_FORMATS:
             continue
@@ -93,6 +94,9 @@ def check_config(config: dict, config_file: str = "config") -> None:
         if run["evaluation"]["split"] == "val" and all(datasets[d]["split"]["val"] == 0 for d in run["datasets"]):
             raise ConfigError(f"runs.{name}.evaluation.split is val but every dataset has a val ratio of 0",
                               file=config_file, fix="give a dataset a val ratio or evaluate on test")
+        from vidtune.training.settings import check_training  # transformers only for a run's trainer_args
+
+        check_training(run["training"], f"runs.{name}.training", config_file)
 
 
 def model_folder_problem(path: str | Path) -> tuple[str, str] | None:

@@ -65,12 +65,6 @@ def make_demo_dataset(root: Path, annotations: Path, *, num_videos: int, seconds
     return len(records)
 
 
-def demo_vocabulary() -> list[str]:
-    """Words of every demo caption, for the tiny model's tokenizer."""
-    words = {word for combo in demo_captions() for word in caption_of(*combo).split()}
-    return sorted(words)
-
-
 if __name__ == "__main__":  # pragma: no cover - manual use
     import sys
 

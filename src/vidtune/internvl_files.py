@@ -6,14 +6,13 @@ Every file is written atomically with records sorted by id, so equal inputs give
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from pathlib import Path
 
 from vidtune.adapters.base import container_duration
 from vidtune.rejects import reason_code
-from vidtune.atomic import write_json, write_jsonl
+from vidtune.atomic import read_json, read_jsonl, write_json, write_jsonl
 from vidtune.errors import DataError
 from vidtune.internvl_format import conversation, image_record, portable_path, repeat_time, video_record
 from vidtune.samples import SPLITS, Sample, read_split_table
@@ -23,11 +22,7 @@ def load_shard_indexes(paths: list[Path]) -> dict[str, dict]:
     """sample id -> its extraction item, from the frame-extraction shard indexes."""
     by_sample: dict[str, dict] = {}
     for path in paths:
-        try:
-            index = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise DataError(f"not valid JSON: {error.msg}", file=str(path), record=f"line {error.lineno}",
-                            fix="rerun frame extraction for this shard") from None
+        index = read_json(path, fix="rerun frame extraction for this shard")
         for key, item in sorted(index.get("items", {}).items()):
             for sample_id in item.get("sample_ids", []):
                 by_sample[sample_id] = item
@@ -70,8 +65,7 @@ def _summary(dataset: str, per_split: Counter, rejects: list[dict], ingest_rejec
              **extra) -> dict:
     by_stage: dict[str, dict[str, int]] = {}
     if ingest_rejects is not None:
-        with open(ingest_rejects, encoding="utf-8") as handle:
-            codes = Counter(reason_code(json.loads(line)["reason"]) for line in handle if line.strip())
+        codes = Counter(reason_code(record["reason"]) for record in read_jsonl(ingest_rejects))
         by_stage["ingest"] = dict(sorted(codes.items()))
     by_stage["frames"] = dict(sorted(Counter(reason_code(r["reason"]) for r in rejects).items()))
     by_reason: Counter = sum((Counter(codes) for codes in by_stage.values()), Counter())

@@ -30,12 +30,11 @@ This module imports neither torch nor transformers: the report and the data step
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from pathlib import Path
 
-from vidtune.atomic import read_jsonl, write_json
+from vidtune.atomic import read_json, read_jsonl, write_json
 from vidtune.config import schema_defaults
 from vidtune.errors import DataError
 
@@ -213,13 +212,19 @@ class MetaDataset:
     def records(self) -> list[dict]:
         return read_jsonl(self.annotation)
 
+    @property
+    def model_settings(self) -> dict:
+        """What a model trained on this dataset must reproduce for it: prompt, frame sampling and tiling
+        (kept per dataset in the trained model's vidtune.json)."""
+        return {**self.data_settings, "max_dynamic_patch": self.max_dynamic_patch}
+
 
 def read_meta(meta_path: str | Path) -> list[MetaDataset]:
     """The datasets of an InternVL meta.json, in its order; a missing key or file fails naming it."""
     meta_path = Path(meta_path)
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
+        meta = read_json(meta_path)
+    except OSError as error:
         raise DataError(f"cannot read meta.json: {error}", file=str(meta_path)) from error
     if not isinstance(meta, dict) or not meta:
         raise DataError("meta.json must map dataset names to entries", file=str(meta_path))

@@ -19,8 +19,9 @@ from vidtune.atomic import atomic_dir, write_json
 from vidtune.errors import ModelError
 from vidtune.internvl_checkpoint.export import export_original_layout
 from vidtune.internvl_format import record_text
-from vidtune.modeling import (checkpoint_dtype, collate, encode_sample, job_device, load_adapter_model, load_model,
-                              load_processor, load_record_media, move_batch, read_run_settings)
+from vidtune.modeling import (DATASET_DEFAULTS, checkpoint_dtype, collate, encode_sample, job_device,
+                              load_adapter_model, load_model, load_processor, load_record_media, move_batch,
+                              read_run_settings)
 
 CHECK_RECORDS = 3
 ORIGINAL_LAYOUT_FOLDER = "original_layout"
@@ -72,7 +73,10 @@ def merge(base_dir: Path, trained_dir: Path, out_dir: Path, check_records: list[
     if not check_records:
         raise ModelError("no records to check the merge on", file=str(trained_dir),
                          fix="pass a few training or test records")
-    batches = check_batches(processor, check_records, Path(root), int(settings["max_dynamic_patch"]))
+    # Both models see the same inputs, so any dataset's tiling proves the merge: the fewest tiles, fastest.
+    tiling = min((dataset["max_dynamic_patch"] for dataset in settings.get("datasets", {}).values()),
+                 default=DATASET_DEFAULTS["max_dynamic_patch"])
+    batches = check_batches(processor, check_records, Path(root), tiling)
     is_adapter = (trained_dir / "adapter_config.json").is_file()
     device, _ = job_device(base_dir)
     dtype = checkpoint_dtype(base_dir if is_adapter else trained_dir)

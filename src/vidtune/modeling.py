@@ -372,13 +372,12 @@ def load_adapter_model(base_dir: str | Path, adapter_dir: str | Path, *, dtype: 
 
 
 def read_run_settings(*folders: str | Path | None) -> dict:
-    """Prompt, frame and tiling settings stored by training (vidtune.json) in the first folder that has them,
-    over the configuration's defaults (all of them for a plain base model)."""
-    import json
+    """What training stored beside the model (vidtune.json: method, base model, and under ``datasets`` each
+    training dataset's prompt, frame and tiling settings) in the first folder that has it; {} for a plain
+    base model."""
+    from vidtune.atomic import read_json
 
-    settings = {"prompt": DATASET_DEFAULTS["prompt"], "frames": {},
-                "max_dynamic_patch": DATASET_DEFAULTS["max_dynamic_patch"]}
     for folder in folders:
         if folder is not None and (Path(folder) / "vidtune.json").is_file():
-            return {**settings, **json.loads((Path(folder) / "vidtune.json").read_text(encoding="utf-8"))}
-    return settings
+            return read_json(Path(folder) / "vidtune.json")
+    return {}

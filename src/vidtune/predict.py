@@ -2,17 +2,19 @@
 
 Library: :func:`predict_records` (InternVL JSONL records -> ``{"id", "prediction"}``). Command line::
 
-    python -m vidtune.predict --model DIR [--adapter DIR] --video FILE_OR_FRAME_FOLDER [--prompt TEXT]
-    python -m vidtune.predict --model DIR [--adapter DIR] --image FILE [--prompt TEXT]
-    python -m vidtune.predict --model DIR [--adapter DIR] --jsonl FILE --out FILE [--root DIR]
+    python -m vidtune.predict --model DIR [--adapter DIR] --video FILE_OR_FRAME_FOLDER [--prompt TEXT] [--dataset D]
+    python -m vidtune.predict --model DIR [--adapter DIR] --image FILE [--prompt TEXT] [--dataset D]
+    python -m vidtune.predict --model DIR [--adapter DIR] --jsonl FILE --out FILE [--root DIR] [--dataset D]
 
-Frames, prompt and tiling come from the ``vidtune.json`` training stored beside the model (defaults for a
-plain base model).
+Frames, prompt and tiling are those of one training dataset, from the ``vidtune.json`` training stored
+beside the model (one entry per dataset of the run; defaults for a plain base model). A model trained on
+datasets with different settings is asked which with ``--dataset``; the workflow names each record's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -21,22 +23,36 @@ from typing import Sequence
 
 import torch
 
-from vidtune.config import schema_defaults
 from vidtune.atomic import read_jsonl, write_jsonl
+from vidtune.config import schema_defaults
 from vidtune.errors import VidtuneError, command_line
 from vidtune.internvl_format import record_media_paths, record_text
-from vidtune.modeling import (collate, encode_sample, job_device, load_adapter_model, load_images, load_model,
-                              load_processor, load_record_media, move_batch, read_run_settings)
+from vidtune.modeling import (DATASET_DEFAULTS, collate, encode_sample, job_device, load_adapter_model,
+                              load_images, load_model, load_processor, load_record_media, move_batch,
+                              read_run_settings)
 
 EVALUATION_DEFAULTS = schema_defaults("evaluation")
 log = logging.getLogger(__name__)
 
 
-class Predictor:
-    """A loaded model + processor + the run's prompt/frame settings, answering batches of samples."""
+# One sample to answer: its images, prompt, media type ("video" or "image") and most tiles per image.
+Sample = tuple[list, str, str, int]
 
-    def __init__(self, model_dir: Path, adapter_dir: Path | None = None, evaluation: dict | None = None):
-        self.settings = read_run_settings(adapter_dir, model_dir)
+
+class Predictor:
+    """A loaded model + processor + each training dataset's prompt/frame/tiling settings, answering batches
+    of samples.
+
+    ``datasets`` gives settings by dataset name over those stored at training (the workflow passes each
+    dataset's tiling from the config, so the base model is asked exactly as the finetuned one).
+    """
+
+    def __init__(self, model_dir: Path, adapter_dir: Path | None = None, evaluation: dict | None = None,
+                 datasets: dict[str, dict] | None = None):
+        stored = read_run_settings(adapter_dir, model_dir).get("datasets", {})
+        self.datasets = {name: {**stored.get(name, {}), **(datasets or {}).get(name, {})}
+                         for name in {*stored, *(datasets or {})}}
+        self.model_dir = Path(adapter_dir or model_dir)
         self.evaluation = {**EVALUATION_DEFAULTS, **(evaluation or {})}
         self.device, self.dtype = job_device(model_dir)
         if adapter_dir is not None:
@@ -51,18 +67,47 @@ class Predictor:
         self.stop_ids = self.model.generation_config.eos_token_id or self.processor.tokenizer.eos_token_id
         log.info("predicting on %s in %s", self.device, str(self.dtype).removeprefix("torch."))
 
-    def answer(self, samples: Sequence[tuple[list, str, str]]) -> list[str]:
-        """Greedy (unless configured otherwise) answers for (images, prompt, media_type) samples."""
+    def settings(self, dataset: str | None = None) -> dict:
+        """Prompt, frames and tiling for samples of ``dataset`` (None: the model's one set of settings; a
+        plain base model's are the config's defaults)."""
+        defaults = {"prompt": DATASET_DEFAULTS["prompt"], "frames": {},
+                    "max_dynamic_patch": DATASET_DEFAULTS["max_dynamic_patch"]}
+        if not self.datasets:
+            return defaults
+        if dataset is None:
+            distinct = {json.dumps(settings, sort_keys=True): settings for settings in self.datasets.values()}
+            if len(distinct) > 1:
+                raise VidtuneError(f"the model was trained on datasets with different prompt, frame or tiling "
+                                   f"settings ({', '.join(sorted(self.datasets))})", file=self.model_dir,
+                                   fix="name the dataset whose settings to use (--dataset)")
+            return {**defaults, **next(iter(distinct.values()))}
+        if dataset not in self.datasets:
+            raise VidtuneError(f"the model was not trained on dataset {dataset!r}", file=self.model_dir,
+                               fix=f"use one of: {', '.join(sorted(self.datasets))}")
+        return {**defaults, **self.datasets[dataset]}
+
+    def record_samples(self, records: Sequence[dict], root: Path, datasets: Sequence[str | None]) -> list[Sample]:
+        """The samples of InternVL records (media relative to root), each with its dataset's tiling."""
+        samples = []
+        for record, dataset in zip(records, datasets, strict=True):
+            text = record_text(record)
+            samples.append((load_record_media(record, root), text.prompt, text.media_type,
+                            int(self.settings(dataset)["max_dynamic_patch"])))
+        return samples
+
+    def inputs(self, samples: Sequence[Sample]) -> list[dict]:
+        """What the model is fed for each sample: its prompt in the chat template, its images tiled."""
+        return [encode_sample(self.processor, images, prompt, media_type=media_type, max_dynamic_patch=tiling)
+                for images, prompt, media_type, tiling in samples]
+
+    def answer(self, samples: Sequence[Sample]) -> list[str]:
+        """Greedy (unless configured otherwise) answers for the samples."""
         tokenizer = self.processor.tokenizer
-        max_dynamic_patch = int(self.settings["max_dynamic_patch"])
         answers: list[str] = []
         size = self.evaluation["batch_size"]
         for start in range(0, len(samples), size):
-            encoded = [encode_sample(self.processor, images, prompt, media_type=media_type,
-                                     max_dynamic_patch=max_dynamic_patch)
-                       for images, prompt, media_type in samples[start:start + size]]
-            batch = move_batch(collate(encoded, tokenizer.pad_token_id, padding_side="left"), self.device,
-                               self.dtype)
+            batch = move_batch(collate(self.inputs(samples[start:start + size]), tokenizer.pad_token_id,
+                                       padding_side="left"), self.device, self.dtype)
             torch.manual_seed(0)
             with torch.no_grad():
                 output = self.model.generate(
@@ -77,21 +122,24 @@ class Predictor:
 
 
 def predict_records(model_dir: Path, records: list[dict], root: Path, evaluation: dict,
-                    adapter_dir: Path | None = None) -> list[dict]:
+                    adapter_dir: Path | None = None,
+                    datasets: str | Sequence[str] | None = None,
+                    dataset_settings: dict[str, dict] | None = None) -> list[dict]:
     """``{"id", "prediction"}`` for each InternVL JSONL record (media relative to root), in order.
 
-    Logs progress every few percent and the throughput (samples/s, without the model's loading).
+    ``datasets`` names the dataset each record comes from (one name for all), whose tiling it is asked
+    with; ``dataset_settings`` gives settings by dataset over those stored at training (see
+    :class:`Predictor`). Logs progress every few percent and the throughput (samples/s, without the model's
+    loading).
     """
-    predictor = Predictor(Path(model_dir), None if adapter_dir is None else Path(adapter_dir), evaluation)
+    predictor = Predictor(Path(model_dir), None if adapter_dir is None else Path(adapter_dir), evaluation, dataset_settings)
+    names = [datasets] * len(records) if datasets is None or isinstance(datasets, str) else list(datasets)
     size = predictor.evaluation["batch_size"]
     answers: list[str] = []
     started, reported = time.perf_counter(), 0
     for start in range(0, len(records), size):  # media of one batch in memory at a time
-        samples = []
-        for record in records[start:start + size]:
-            text = record_text(record)
-            samples.append((load_record_media(record, root), text.prompt, text.media_type))
-        answers += predictor.answer(samples)
+        answers += predictor.answer(predictor.record_samples(records[start:start + size], root,
+                                                             names[start:start + size]))
         if len(answers) - reported >= max(1, len(records) // 20) or len(answers) == len(records):
             reported = len(answers)
             seconds = time.perf_counter() - started
@@ -120,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="with --jsonl: where to write {id, prediction} lines")
     parser.add_argument("--root", type=Path, help="with --jsonl: media root (default: the JSONL's folder)")
     parser.add_argument("--prompt", help="the question (default: the prompt the model was trained with)")
+    parser.add_argument("--dataset", help="the training dataset whose prompt, frames and tiling to use (needed "
+                                          "when the model was trained on datasets with different ones)")
     parser.add_argument("--max-new-tokens", type=int, default=EVALUATION_DEFAULTS["max_new_tokens"])
     args = parser.parse_args(argv)
     if args.jsonl and not args.out:
@@ -131,16 +181,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.jsonl:
         records = read_jsonl(args.jsonl)
         predictions = predict_records(args.model, records, args.root or args.jsonl.parent, evaluation,
-                                      args.adapter)
+                                      args.adapter, datasets=args.dataset)
         write_jsonl(args.out, predictions)
         print(f"{len(predictions)} predictions written to {args.out}")
         return 0
     predictor = Predictor(args.model, args.adapter, evaluation)
-    prompt = args.prompt or predictor.settings["prompt"]
+    settings = predictor.settings(args.dataset)
+    prompt, tiling = args.prompt or settings["prompt"], int(settings["max_dynamic_patch"])
     if args.video:
-        sample = (video_frames(args.video, predictor.settings["frames"]), prompt, "video")
+        sample = (video_frames(args.video, settings["frames"]), prompt, "video", tiling)
     else:
-        sample = (load_images([args.image], str(args.image)), prompt, "image")
+        sample = (load_images([args.image], str(args.image)), prompt, "image", tiling)
     print(predictor.answer([sample])[0])
     return 0
 

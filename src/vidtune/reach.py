@@ -7,6 +7,10 @@ keys that reach the rule, in a canonical form (keys sorted, numbers typed by the
 ``300.0`` are one value), so Snakemake's comparison of params makes a job stale exactly when a setting
 that changes its output changed, and never for key order, formatting or a resource limit.
 
+A mapping of free keys (``trainer_args``) may name, as ``x-reaches-by-key``, a function that says of each
+key whether it reaches the mapping's rules: the keys it turns down reach none (:func:`settings_for` leaves
+them out).
+
 The report's configuration page lists the settings that made a run's model and predictions, so every key
 that reaches ``check_training_data``, ``train``, ``predict_base`` or ``predict_finetuned`` also reaches
 ``report_run`` (:data:`SHOWN_WITH`).
@@ -15,6 +19,7 @@ that reaches ``check_training_data``, ``train``, ``predict_base`` or ``predict_f
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +30,6 @@ from vidtune.config import _schema
 ANY = "*"  # a named entry: datasets.<name>, models.<name>, runs.<name>
 CONFIG_PAGE = "report_run"
 SHOWN_WITH = {"check_training_data", "train", "predict_base", "predict_finetuned"}
-TRAINED_WEIGHTS = "train"
 # Keys that reach training without changing the trained weights: the checkpoint fingerprint leaves them out.
 NOT_IN_WEIGHTS = {("runs", ANY, "training", "logging_steps")}
 
@@ -108,18 +112,25 @@ def canonical(value: Any, leaf: Leaf | None = None) -> Any:
     return value
 
 
-def settings_for(rule: str, entry: dict, *section: str, weights_only: bool = False) -> dict:
+def _by_key(leaf: Leaf, value: Any) -> Any:
+    """A mapping leaf's keys that reach its rules (``x-reaches-by-key``); other values as they are."""
+    name = leaf.schema.get("x-reaches-by-key")
+    if name is None or not isinstance(value, dict):
+        return value
+    module, function = name.rsplit(".", 1)
+    reaches = getattr(importlib.import_module(module), function)
+    return {key: item for key, item in value.items() if reaches(key)}
+
+
+def settings_for(rule: str, entry: dict, *section: str) -> dict:
     """The keys of one config entry that reach ``rule``, canonical and nested as in the config.
 
     ``section`` is where ``entry`` sits in the config with names replaced by ``*``: ``("datasets", "*")``
     for a dataset's entry, ``("runs", "*", "training")`` for a run's training block, ``("demo",)``.
-    ``weights_only`` leaves out the keys in :data:`NOT_IN_WEIGHTS` (the training checkpoint fingerprint).
     """
     settings: dict = {}
     for leaf in leaves():
         if leaf.path[:len(section)] != section or rule not in leaf.reaches:
-            continue
-        if weights_only and leaf.path in NOT_IN_WEIGHTS:
             continue
         relative = leaf.path[len(section):]
         value: Any = entry
@@ -131,7 +142,7 @@ def settings_for(rule: str, entry: dict, *section: str, weights_only: bool = Fal
             target = settings
             for part in relative[:-1]:
                 target = target.setdefault(part, {})
-            target[relative[-1]] = canonical(value, leaf)
+            target[relative[-1]] = canonical(_by_key(leaf, value), leaf)
     return canonical(settings)
 
 

@@ -172,11 +172,6 @@ def caption_scores(references: References, predictions: Predictions) -> dict[str
     return _score_jobs([(references, [predictions])])[0][0][0][0]
 
 
-def per_sample_scores(references: References, predictions: Predictions) -> dict[str, float]:
-    """Per-sample CIDEr-D (corpus IDF) by id: what ranks the report's best and worst examples."""
-    return _score_jobs([(references, [predictions])])[0][0][0][1]
-
-
 # --------------------------------------------------------------------------------------------------
 # Structured (JSON object) targets
 # --------------------------------------------------------------------------------------------------

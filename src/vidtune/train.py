@@ -27,8 +27,8 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_pt_utils import get_model_param_count
 
-from vidtune.atomic import atomic_dir, write_json
-from vidtune.errors import command_line
+from vidtune.atomic import atomic_dir, read_json, write_json
+from vidtune.errors import ConfigError, command_line
 from vidtune.internvl_checkpoint.convert import conversion_record
 from vidtune.modeling import collate, load_processor
 from vidtune.report import loss_curve
@@ -38,10 +38,13 @@ from vidtune.training.data import EncodedDataset, training_items
 from vidtune.training.launch import cli_arguments, deepspeed_available, deepspeed_config, launch
 from vidtune.training.model import check_weights_changed, prepare_model, trainable_fingerprints
 from vidtune.training.progress import ProgressLine
-from vidtune.training.settings import TrainingSettings
+from vidtune.training.settings import CUDA_ONLY_OPTIMIZERS, TrainingSettings
 
 
-def training_arguments(settings: TrainingSettings, checkpoints_dir: Path, log: logging.Logger) -> TrainingArguments:
+def training_arguments(settings: TrainingSettings, checkpoints_dir: Path, num_samples: int,
+                       log: logging.Logger) -> TrainingArguments:
+    """The Trainer's arguments: vidtune's settings, then ``trainer_args`` (checked when the workflow was
+    parsed: none of them is a key set here, except the logging defaults disable_tqdm and report_to)."""
     deepspeed = None
     if settings.deepspeed != "none":
         if deepspeed_available():
@@ -49,18 +52,25 @@ def training_arguments(settings: TrainingSettings, checkpoints_dir: Path, log: l
         else:
             log.warning("deepspeed %s asked for but the deepspeed package is not installed: training without it",
                         settings.deepspeed)
+    if settings.optim in CUDA_ONLY_OPTIMIZERS and not torch.cuda.is_available():
+        raise ConfigError(f"optimizer {settings.optim} runs on CUDA only and this job has no GPU",
+                          fix="train on a GPU (training.gpus 1 or more), or use adamw_torch or adamw_torch_fused")
+    warmup_steps = settings.warmup_steps(num_samples)
+    log.info("%d optimizer steps, the first %d warming up (warmup_ratio %g)", settings.total_steps(num_samples),
+             warmup_steps, settings.warmup_ratio)
+    logging_defaults = {"report_to": "none", "disable_tqdm": True}
     return TrainingArguments(
         output_dir=str(checkpoints_dir), per_device_train_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps, num_train_epochs=settings.epochs,
         max_steps=settings.max_steps, learning_rate=settings.learning_rate, weight_decay=settings.weight_decay,
-        warmup_steps=settings.warmup_ratio if settings.warmup_ratio < 1 else 0, lr_scheduler_type="cosine",
+        warmup_steps=warmup_steps, lr_scheduler_type=settings.lr_scheduler_type, optim=settings.optim,
         seed=settings.seed, data_seed=settings.seed, bf16=settings.uses_bf16,
         activation_checkpointing=settings.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False}, save_strategy="steps",
         save_steps=settings.save_steps, save_total_limit=settings.save_total_limit,
-        logging_steps=settings.logging_steps, include_num_input_tokens_seen="non_padding", report_to="none",
+        logging_steps=settings.logging_steps, include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False, dataloader_num_workers=0, deepspeed=deepspeed,
-        use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
+        use_cpu=not torch.cuda.is_available(), **{**logging_defaults, **settings.trainer_args})
 
 
 def train(meta_path: Path, model_dir: Path, out_dir: Path, settings: TrainingSettings | dict,
@@ -81,7 +91,7 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, settings: TrainingSet
     torch.manual_seed(settings.seed)
 
     processor = load_processor(model_dir)
-    items, data_settings = training_items(meta_path, settings.seed, log)
+    items, datasets = training_items(meta_path, settings.seed, log)
     model = prepare_model(model_dir, settings, log)
     before = trainable_fingerprints(model)
 
@@ -89,7 +99,7 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, settings: TrainingSet
     if resume is not None:
         log.info("resuming from %s (step %d): optimizer, scheduler, RNG and data position restored",
                  resume, checkpoint_step(resume))
-    args = training_arguments(settings, out_dir / "checkpoints", log)
+    args = training_arguments(settings, out_dir / "checkpoints", len(items), log)
     log.info("training on %s (bf16: %s)", args.device, settings.uses_bf16)
     checkpointing, progress = CheckpointCallback(), ProgressLine(log)
     callbacks = [checkpointing, progress]
@@ -131,7 +141,7 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, settings: TrainingSet
         conversion = conversion_record(model_dir)  # a converted base: name the folder the user gave
         write_json(final / "vidtune.json", {"method": settings.method, "base_model": str(model_dir),
                                            **({"base_model_original": conversion["source"]} if conversion else {}),
-                                           **data_settings})
+                                           "datasets": datasets})
     shutil.rmtree(staging, ignore_errors=True)
 
     history = [{"step": entry["step"], "loss": entry["loss"], "learning_rate": entry.get("learning_rate")}
@@ -148,7 +158,8 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, settings: TrainingSet
         "peak_memory_gib": round(peak, 3), "peak_memory_kind": peak_kind,
         "trainable_params": trainable, "total_params": total, "num_samples": len(items),
         "final_loss": history[-1]["loss"] if history else None, "train_loss": result.training_loss,
-        "bf16": settings.uses_bf16, "deepspeed": settings.deepspeed if args.deepspeed else "none",
+        "warmup_steps": args.warmup_steps, "bf16": settings.uses_bf16,
+        "deepspeed": settings.deepspeed if args.deepspeed else "none",
         "weights_check": weights,
         "resumed_from": None if resume is None else {
             "checkpoint": resume.name, "step": checkpoint_step(resume),
@@ -170,7 +181,7 @@ def train_job(meta_path: Path, model_dir: Path, out_dir: Path, settings: Trainin
         return train(meta_path, model_dir, out_dir, settings, log=log)
     launch(cli_arguments(meta_path, model_dir, out_dir, settings), settings.gpus, log,
            settings.nodes)
-    return json.loads((Path(out_dir) / "train_summary.json").read_text(encoding="utf-8"))
+    return read_json(Path(out_dir) / "train_summary.json")
 
 
 def _logger(log) -> logging.Logger:

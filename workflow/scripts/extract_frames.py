@@ -4,13 +4,12 @@ from vidtune.runtime import start_script
 
 log = start_script(snakemake, "extract_frames")  # noqa: F821 - injected by Snakemake
 
-import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from vidtune.atomic import write_json  # noqa: E402
+from vidtune.atomic import read_json, write_json  # noqa: E402
 from vidtune.frames import extract_shard  # noqa: E402
 
-manifest = json.loads(Path(snakemake.input.manifest).read_text(encoding="utf-8"))
+manifest = read_json(snakemake.input.manifest)
 index = extract_shard(manifest, cache_root=Path(snakemake.params.cache), workers=snakemake.threads,
                       timeout_s=snakemake.resources.decode_timeout_s, log=log)
 # The summary (extracted vs reused) differs between a fresh and a cached run; the index must not.

@@ -4,17 +4,19 @@ from vidtune.runtime import start_script
 
 log = start_script(snakemake, "predict")  # noqa: F821 - injected by Snakemake
 
-import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from vidtune.atomic import write_jsonl  # noqa: E402
+from vidtune.atomic import read_jsonl, write_jsonl  # noqa: E402
 from vidtune.prediction_shards import shard_records  # noqa: E402
 
 settings = snakemake.params.evaluation
-records = []
-for path in snakemake.input.records:
-    with open(path, encoding="utf-8") as handle:
-        records += [json.loads(line) for line in handle if line.strip()]
+datasets = snakemake.params.datasets  # each dataset's settings that reach prediction (its tiling), by name
+# The record files come in the order of the sorted dataset names; each record is asked with its dataset's tiling.
+records, dataset_of = [], {}
+for name, path in zip(sorted(datasets), snakemake.input.records, strict=True):
+    for record in read_jsonl(path):
+        records.append(record)
+        dataset_of[str(record.get("id"))] = name
 shard = int(snakemake.wildcards.shard)
 mine = shard_records(records, settings["batch_size"], settings["shards"], shard)
 log.info("shard %d of %d: %d of %d records", shard, settings["shards"], len(mine), len(records))
@@ -23,6 +25,8 @@ if mine:  # a shard past the last batch loads no model
     from vidtune.predict import predict_records
 
     # Record paths are relative to the results folder.
-    predictions = predict_records(Path(snakemake.input.model), mine, Path(snakemake.config["results"]), settings)
+    predictions = predict_records(Path(snakemake.input.model), mine, Path(snakemake.config["results"]), settings,
+                                  datasets=[dataset_of[str(record.get("id"))] for record in mine],
+                                  dataset_settings=datasets)
 write_jsonl(snakemake.output.predictions, predictions)
 log.info("%d predictions", len(predictions))

@@ -4,15 +4,9 @@ from vidtune.runtime import start_script
 
 log = start_script(snakemake, "report_overview")  # noqa: F821 - injected by Snakemake
 
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
-
+from vidtune.atomic import read_json as read  # noqa: E402
 from vidtune.check_training_data import combine_summaries  # noqa: E402
 from vidtune.report import comparison_html, data_summary_html  # noqa: E402
-
-
-def read(path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 inputs, params = snakemake.input, snakemake.params

@@ -4,15 +4,14 @@ from vidtune.runtime import start_script
 
 log = start_script(snakemake, "report_run")  # noqa: F821 - injected by Snakemake
 
-import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from vidtune.atomic import read_jsonl  # noqa: E402
+from vidtune.atomic import read_json, read_jsonl  # noqa: E402
 from vidtune.internvl_format import record_media_paths  # noqa: E402
 from vidtune.report import config_html, gallery_html, metrics_bar_chart, metrics_table_html  # noqa: E402
 
 
-metrics = json.loads(Path(snakemake.input.metrics).read_text(encoding="utf-8"))
+metrics = read_json(snakemake.input.metrics)
 out = snakemake.output
 metrics_table_html(metrics, out.metrics_table)
 metrics_bar_chart(metrics, out.metrics_chart)

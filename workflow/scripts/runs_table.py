@@ -4,15 +4,8 @@ from vidtune.runtime import start_script
 
 log = start_script(snakemake, "runs_table")  # noqa: F821 - injected by Snakemake
 
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from vidtune.atomic import write_text  # noqa: E402
+from vidtune.atomic import read_json as read, write_text  # noqa: E402
 from vidtune.comparison import markdown_table  # noqa: E402
-
-
-def read(path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 inputs, params = snakemake.input, snakemake.params

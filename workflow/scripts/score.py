@@ -4,17 +4,15 @@ from vidtune.runtime import start_script
 
 log = start_script(snakemake, "score")  # noqa: F821 - injected by Snakemake
 
-import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from vidtune.atomic import write_json, write_jsonl  # noqa: E402
+from vidtune.atomic import read_jsonl, write_json, write_jsonl  # noqa: E402
 from vidtune.samples import read_split_table  # noqa: E402
 from vidtune.scoring import score_run  # noqa: E402
 
 
 def predictions(path):
-    with open(path, encoding="utf-8") as handle:
-        return {record["id"]: record["prediction"] for record in map(json.loads, handle) if record}
+    return {record["id"]: record["prediction"] for record in read_jsonl(path)}
 
 
 base, finetuned = predictions(snakemake.input.base), predictions(snakemake.input.finetuned)

@@ -21,7 +21,11 @@ current = fingerprint([snakemake.input.meta, *snakemake.input.records,
                       {"training": weight_settings(snakemake.params.training)})
 if claim_state_folder(out_dir / "checkpoints", current):  # once, before any training process starts
     log.info("checkpoints of the same data and settings kept for resuming")
-settings = TrainingSettings.from_config({**snakemake.params.training, "save_steps": snakemake.resources.save_steps,
+# params hold the trainer_args keys that change the weights; the logging and reporting ones reach no output, so
+# they come from the config (changing them reruns nothing).
+trainer_args = snakemake.config["runs"][snakemake.wildcards.run]["training"]["trainer_args"]
+settings = TrainingSettings.from_config({**snakemake.params.training, "trainer_args": trainer_args,
+                                        "save_steps": snakemake.resources.save_steps,
                                         "save_total_limit": snakemake.resources.save_total_limit})
 summary = train_job(Path(snakemake.input.meta), Path(snakemake.input.model), out_dir, settings, log=log)
 log.info("summary: %s", summary)

@@ -70,18 +70,8 @@ def option_file(name: str, cfg: dict, key: str, value: str) -> Path:
     return path
 
 
-def load_json(path: Path) -> Any:
-    """Parse a whole JSON file; a syntax error stops the step naming the file and line."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as error:
-        raise DataError(f"not valid JSON: {error.msg} at column {error.colno}", file=str(path),
-                        record=f"line {error.lineno}",
-                        fix="repair the file (a truncated download is the usual cause)") from None
-    except UnicodeDecodeError as error:
-        raise DataError(f"not UTF-8 text ({error.reason})", file=str(path),
-                        fix="re-encode the file as UTF-8") from None
+# What to do about a dataset's own JSON file that does not parse (vidtune.atomic.read_json reads it).
+REPAIR = "repair the file (a truncated download is the usual cause)"
 
 
 def shape_error(path: Path, expected: str) -> DataError:

@@ -23,8 +23,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
-from vidtune.adapters.base import iter_jsonl, load_json, option_file, parse_options, reason, sample, shape_error
+from vidtune.adapters.base import REPAIR, iter_jsonl, option_file, parse_options, reason, sample, shape_error
 from vidtune.adapters.table import TableOptions, record_sample
+from vidtune.atomic import read_json
 from vidtune.config import schema_defaults
 from vidtune.samples import Reject, Sample
 
@@ -93,7 +94,7 @@ def _train(name: str, cfg: dict, path: Path) -> Iterator[Sample | Reject]:
 
 
 def _test(name: str, cfg: dict, path: Path, gt_path: Path) -> Iterator[Sample | Reject]:
-    entries, gt = load_json(path), load_json(gt_path)
+    entries, gt = read_json(path, REPAIR), read_json(gt_path, REPAIR)
     if not isinstance(entries, list):
         raise shape_error(path, "a JSON list of {\"image\": ...} records")
     if not (isinstance(gt, dict) and isinstance(gt.get("annotations"), list)):

@@ -24,8 +24,9 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from vidtune.adapters.base import (annotation_file, as_float, load_json, option_file, parse_options, reason,
+from vidtune.adapters.base import (REPAIR, annotation_file, as_float, option_file, parse_options, reason,
                                    sample, shape_error, tidy_spacing)
+from vidtune.atomic import read_json
 from vidtune.samples import Reject, Sample
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def read(name: str, cfg: dict) -> Iterator[Sample | Reject]:
         yield from _video_summaries(name, cfg, options, root, durations, metadata)
         return
     path = annotation_file(name, cfg, NARRATION_FILES)
-    narrations = load_json(path)
+    narrations = read_json(path, REPAIR)
     if not isinstance(narrations, dict):
         raise shape_error(path, "a JSON object keyed by video_uid")
     _warn_unknown_durations(name, cfg, narrations, durations, metadata)
@@ -118,7 +119,7 @@ def _warn_unknown_durations(name: str, cfg: dict, video_uids, durations: dict[st
 
 def _durations(path: Path) -> dict[str, float]:
     """video_uid -> duration_sec from ego4d.json."""
-    metadata = load_json(path)
+    metadata = read_json(path, REPAIR)
     videos = metadata.get("videos", []) if isinstance(metadata, dict) else []
     durations = {}
     for video in videos:
@@ -183,7 +184,7 @@ def _narrations(name: str, cfg: dict, options: Ego4dOptions, path: Path, video_u
 def _video_summaries(name: str, cfg: dict, options: Ego4dOptions, root: Path, durations: dict[str, float],
                      metadata: Path | None) -> Iterator[Sample | Reject]:
     path = option_file(name, cfg, "summary_file", options.summary_file)
-    summaries: Any = load_json(path)
+    summaries: Any = read_json(path, REPAIR)
     if not isinstance(summaries, dict):
         raise shape_error(path, "a JSON object mapping video_uid to summary text")
     _warn_unknown_durations(name, cfg, summaries, durations, metadata)

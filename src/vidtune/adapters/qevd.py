@@ -24,8 +24,9 @@ import posixpath
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from vidtune.adapters.base import (load_json, official_split, option_file, parse_options, reason,
+from vidtune.adapters.base import (REPAIR, official_split, option_file, parse_options, reason,
                                    sample, shape_error)
+from vidtune.atomic import read_json
 from vidtune.errors import ConfigError
 from vidtune.samples import Reject, Sample
 
@@ -61,7 +62,7 @@ def read(name: str, cfg: dict) -> Iterator[Sample | Reject]:
         yield from _entries(name, cfg, options, path, field, media_dir=options.videos_dir, classes={})
     else:
         path = option_file(name, cfg, "ground_truth_file", options.ground_truth_file)
-        classes = load_json(option_file(name, cfg, "manifest_file", options.manifest_file))
+        classes = read_json(option_file(name, cfg, "manifest_file", options.manifest_file), REPAIR)
         if not isinstance(classes, dict):
             raise shape_error(root / options.manifest_file, "a JSON object mapping video path to class")
         yield from _entries(name, cfg, options, path, options.target,
@@ -70,7 +71,7 @@ def read(name: str, cfg: dict) -> Iterator[Sample | Reject]:
 
 def _entries(name: str, cfg: dict, options: QevdOptions, path: Path, field: str, media_dir: str,
              classes: dict) -> Iterator[Sample | Reject]:
-    entries = load_json(path)
+    entries = read_json(path, REPAIR)
     if not isinstance(entries, list):
         raise shape_error(path, "a JSON list of records with video_path")
     for index, entry in enumerate(entries):

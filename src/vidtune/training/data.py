@@ -47,23 +47,18 @@ def train_item(record: dict, dataset: MetaDataset) -> TrainItem:
 
 
 def training_items(meta_path: str | Path, seed: int, log: logging.Logger) -> tuple[list[TrainItem], dict]:
-    """The items of every dataset of meta.json, and the data settings (prompt, frames, tiling) the trained
-    model keeps: the first dataset's."""
-    items, data_settings = [], None
+    """The items of every dataset of meta.json, each with its dataset's prompt and tiling, and each
+    dataset's settings (prompt, frames, tiling) that the trained model keeps, by dataset name."""
+    items, datasets = [], {}
     for dataset in read_meta(meta_path):
-        settings = {**dataset.data_settings, "max_dynamic_patch": dataset.max_dynamic_patch}
-        if data_settings is None:
-            data_settings = settings
-        elif settings != data_settings:
-            log.warning("dataset %s has other prompt/frame settings than the first; the model keeps the first's",
-                        dataset.name)
+        datasets[dataset.name] = dataset.model_settings
         items += [train_item(record, dataset)
                   for record in repeat_records(dataset.records(), dataset.repeat_time, seed)]
     if not items:
         raise DataError("no training sample", file=str(meta_path),
                         fix="see the check step's rejects.jsonl: every sample was left out")
     log.info("%d training samples", len(items))
-    return items, data_settings
+    return items, datasets
 
 
 class EncodedDataset(torch.utils.data.Dataset):

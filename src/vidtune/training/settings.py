@@ -1,17 +1,44 @@
 """Training settings, typed: built from ``runs.<run>.training`` of the validated configuration (defaults
-from the config schema, the one place they live), and handed to training processes as a JSON file."""
+from the config schema, the one place they live), and handed to training processes as a JSON file.
+
+``trainer_args`` passes any further :class:`transformers.TrainingArguments` key; :func:`check_trainer_args`
+checks it against the installed transformers when the workflow is parsed: the key must be a field, the
+value of the field's type, and not a key vidtune sets itself. Keys that only log or report reach nothing
+stored (:data:`LOG_ONLY_ARGS`); every other key changes the weights and reaches training.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import enum
+import functools
+import math
+import types
+import typing
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from vidtune.atomic import write_json
+from vidtune.atomic import read_json, write_json
 from vidtune.config import schema_defaults
 from vidtune.errors import ConfigError
+
+# Optimizers of bitsandbytes (8-bit state, paged memory): they run on CUDA only.
+CUDA_ONLY_OPTIMIZERS = {"adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"}
+# TrainingArguments keys that log or report and change nothing vidtune stores: they reach no step.
+LOG_ONLY_ARGS = {"report_to", "run_name", "disable_tqdm", "log_level", "log_level_replica", "log_on_each_node",
+                 "logging_nan_inf_filter", "project", "trackio_space_id", "trackio_bucket_id", "skip_memory_metrics"}
+# Keys vidtune sets from its own settings or owns (where checkpoints go, resuming, data loading, devices):
+# trainer_args may not set them; most have a setting of their own under runs.<run>.training.
+OWNED_ARGS = {
+    "output_dir", "overwrite_output_dir", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "num_train_epochs", "max_steps", "learning_rate", "weight_decay", "warmup_steps", "warmup_ratio",
+    "lr_scheduler_type", "optim", "seed", "data_seed", "bf16", "fp16", "activation_checkpointing",
+    "activation_checkpointing_kwargs", "gradient_checkpointing", "gradient_checkpointing_kwargs",
+    "logging_steps", "logging_strategy", "logging_dir", "include_num_input_tokens_seen", "remove_unused_columns",
+    "deepspeed", "fsdp", "fsdp_config", "use_cpu", "resume_from_checkpoint", "local_rank", "do_train", "do_eval",
+    "do_predict", "push_to_hub",
+}
+OWNED_PREFIXES = ("save_", "dataloader_", "eval_", "per_device_eval", "hub_")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +64,8 @@ class TrainingSettings:
     learning_rate: float
     weight_decay: float
     warmup_ratio: float
+    lr_scheduler_type: str
+    optim: str
     batch_size: int
     gradient_accumulation_steps: int
     gradient_checkpointing: bool
@@ -52,6 +81,7 @@ class TrainingSettings:
     deepspeed: str
     offload: bool
     runtime_min: int
+    trainer_args: dict
 
     @classmethod
     def from_config(cls, training: dict) -> TrainingSettings:
@@ -68,7 +98,7 @@ class TrainingSettings:
 
     @classmethod
     def read(cls, path: str | Path) -> TrainingSettings:
-        return cls.from_config(json.loads(Path(path).read_text(encoding="utf-8")))
+        return cls.from_config(read_json(path))
 
     def write(self, path: str | Path) -> None:
         write_json(path, dataclasses.asdict(self))
@@ -80,6 +110,113 @@ class TrainingSettings:
     @property
     def uses_bf16(self) -> bool:
         """bf16 where asked, or (auto) where the GPU supports it."""
+        import torch
+
         if self.bf16 == "auto":
             return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         return self.bf16 == "true"
+
+    def total_steps(self, num_samples: int) -> int:
+        """Optimizer steps of the whole training, counted as the Trainer counts them: ``max_steps``, or the
+        epochs over each process's share of the batches (the accelerate data loader deals whole batches)."""
+        if self.max_steps > 0:
+            return self.max_steps
+        processes = self.nodes * self.processes_per_node
+        batches = math.ceil(math.ceil(num_samples / self.batch_size) / processes)
+        per_epoch = max(1, math.ceil(batches / self.gradient_accumulation_steps))
+        return math.ceil(self.epochs * per_epoch)
+
+    def warmup_steps(self, num_samples: int) -> int:
+        """``warmup_ratio`` of the total steps as a whole number of steps (1.0: every step warms up).
+        transformers reads a float >= 1 as a step count and one below 1 as a ratio, so vidtune passes steps."""
+        return math.ceil(self.warmup_ratio * self.total_steps(num_samples))
+
+
+# --- trainer_args ------------------------------------------------------------------------------------------
+
+@functools.cache
+def _training_argument_types() -> dict[str, Any]:
+    from transformers import TrainingArguments
+
+    hints = typing.get_type_hints(TrainingArguments)
+    return {field.name: hints.get(field.name, Any) for field in dataclasses.fields(TrainingArguments)
+            if field.init}
+
+
+def _matches(value, hint) -> bool:
+    """Whether ``value`` (as YAML gives it) is of the type ``hint`` (a TrainingArguments field's annotation)."""
+    if hint is Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        enums = [arg for arg in args if isinstance(arg, type) and issubclass(arg, enum.Enum)]
+        if isinstance(value, str) and enums:  # "OptimizerNames | str": one of the enum's names
+            return any(value in {member.value for member in kind} for kind in enums)
+        return any(_matches(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (list, tuple):
+        return isinstance(value, list) and all(_matches(item, args[0]) for item in value) if args else \
+            isinstance(value, list)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return value in {member.value for member in hint}
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def owned_arg(key: str) -> bool:
+    """Whether vidtune sets (or owns) this TrainingArguments key itself."""
+    return key in OWNED_ARGS or key.startswith(OWNED_PREFIXES)
+
+
+def trainer_arg_reaches(key: str) -> bool:
+    """Whether a trainer_args key reaches training (changes the weights): every key but those in
+    :data:`LOG_ONLY_ARGS`. The config schema names this function for ``trainer_args`` (``x-reaches-by-key``)."""
+    return key not in LOG_ONLY_ARGS
+
+
+def check_trainer_args(args: dict, where: str, config_file: str = "config") -> None:
+    """:class:`ConfigError` naming the first key of ``args`` that the installed transformers'
+    TrainingArguments lacks, whose value is not of the field's type, or that vidtune sets itself."""
+    import transformers
+
+    fields = _training_argument_types()
+    for key in sorted(args):
+        value = args[key]
+        if owned_arg(key):
+            raise ConfigError(f"{where}.{key}: vidtune sets this TrainingArguments key itself", file=config_file,
+                              fix="use the runs.<run>.training setting of that name where there is one "
+                                  "(see the config schema), or leave it out")
+        if key not in fields:
+            raise ConfigError(f"{where}.{key}: not a TrainingArguments key of transformers "
+                              f"{transformers.__version__}", file=config_file,
+                              fix="check the spelling against the TrainingArguments documentation")
+        if not _matches(value, fields[key]):
+            raise ConfigError(f"{where}.{key}: {value!r} is not of the key's type {_type_name(fields[key])}",
+                              file=config_file, fix="give a value of that type")
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def check_training(training: dict, where: str, config_file: str = "config") -> None:
+    """The checks of a run's training section that need transformers or the job's GPUs: trainer_args, and
+    a bitsandbytes optimizer on a job without GPUs."""
+    if training.get("optim") in CUDA_ONLY_OPTIMIZERS and training.get("gpus", 0) == 0:
+        raise ConfigError(f"{where}.optim: {training['optim']} runs on CUDA only, and this run trains on the "
+                          f"CPU (gpus: 0)", file=config_file,
+                          fix="set training.gpus to 1 or more, or use optim adamw_torch or adamw_torch_fused")
+    if training.get("trainer_args"):
+        check_trainer_args(training["trainer_args"], f"{where}.trainer_args", config_file)
