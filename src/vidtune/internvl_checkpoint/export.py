@@ -59,14 +59,3 @@ def export_original_layout(native_dir: str | Path, base_dir: str | Path, out_dir
         write_json(temp / "model.safetensors.index.json",
                    {"metadata": {"total_size": total}, "weight_map": dict(sorted(index.items()))})
     return {"tensors": len(index), "shards": len(set(index.values())), "base": str(base_dir)}
-
-
-def original_tensor_summary(folder: str | Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Tensor name -> (shape, dtype) of a folder's safetensors (for comparing two layouts' folders)."""
-    from vidtune.internvl_checkpoint.layout import tensor_dtypes, tensor_shapes
-
-    summary = {}
-    for path in weight_files(folder):
-        dtypes = tensor_dtypes(path)
-        summary.update({name: (tuple(shape), dtypes[name]) for name, shape in tensor_shapes(path).items()})
-    return summary
