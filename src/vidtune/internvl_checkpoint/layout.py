@@ -176,6 +176,8 @@ def read_original_checkpoint(folder: str | Path) -> OriginalCheckpoint:
             f"its language model {architecture!r} (llm_config.architectures) is not supported; supported: "
             f"{supported_summary()}")
     code = str((config.get("auto_map") or {}).get("AutoModel", "modeling_internvl_chat.")).split(".")[0]
+    if any(folder.glob("modeling_*hico*.py")):  # InternVideo2.5's folder ships modeling_internvl_chat_hico2.py
+        code = next(folder.glob("modeling_*hico*.py")).stem
     if code != "modeling_internvl_chat":
         if "hico" in code or "internvideo" in code.lower():
             raise UnsupportedCheckpoint(
