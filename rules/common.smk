@@ -120,7 +120,7 @@ def run_threads(section):
 
 
 def model_size(name):
-    """(weight bytes, bytes per weight) of a configured model: its folder's weights, or what a build makes."""
+    """A configured model's size (vidtune.resources.ModelSize): its folder's weights, or what a build makes."""
     return job_resources.model_size(config["models"][name], model_folder(name))
 
 
@@ -128,15 +128,15 @@ def model_memory(kind, model_of=lambda wildcards: config["runs"][wildcards.run][
     """resources: mem_mb of a `kind` job (vidtune.resources.MEMORY) on the job's model, larger on a retry."""
 
     def mem_mb(wildcards, attempt):
-        return job_resources.memory_mb(kind, model_size(model_of(wildcards))[0], attempt)
+        return job_resources.memory_mb(kind, model_size(model_of(wildcards)), attempt)
 
     return mem_mb
 
 
 def train_memory(wildcards, attempt):
     """resources: mem_mb of a train job (per node), from the run's model and training method."""
-    weight_bytes, dtype_bytes = model_size(config["runs"][wildcards.run]["model"])
-    return job_resources.train_memory_mb(weight_bytes, dtype_bytes, config["runs"][wildcards.run]["training"], attempt)
+    size = model_size(config["runs"][wildcards.run]["model"])
+    return job_resources.train_memory_mb(size, config["runs"][wildcards.run]["training"], attempt)
 
 
 def streaming_memory(folder_of):

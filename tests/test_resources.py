@@ -50,35 +50,44 @@ def test_tiny_parameters_bound_what_transformers_builds(settings):
 
 def test_model_size_of_a_folder_and_of_a_build(tiny, tmp_path):
     weights = sum(path.stat().st_size for path in tiny.glob("*.safetensors"))
+    vocab = json.loads((tiny / "config.json").read_text())["text_config"]["vocab_size"]
     assert weights > 0
-    assert resources.model_size({"path": str(tiny)}, tiny) == (weights, 4)  # the tiny build is float32
+    assert resources.model_size({"path": str(tiny)}, tiny) == resources.ModelSize(weights, 4, vocab)  # float32
     assert resources.largest_weight_file_bytes(tiny) == max(p.stat().st_size for p in tiny.glob("*.safetensors"))
-    built, dtype = resources.model_size({"tiny": TRAINING_TEST_MODEL}, tmp_path / "not built yet")
-    assert dtype == 4 and weights * 0.9 < built < weights * 1.2  # the file holds a small header besides
-    size, dtype = resources.model_size({"architecture": {"name": "internvl3-8b"}}, tmp_path)
-    assert dtype == 2 and 15e9 < size < 17e9  # 8B parameters in bf16
-    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"dtype": "float32"}}))
-    assert resources.folder_dtype_bytes(tmp_path) == 4 and resources.folder_weight_bytes(tmp_path) == 0
+    built = resources.model_size({"tiny": TRAINING_TEST_MODEL}, tmp_path / "not built yet")
+    assert built.dtype_bytes == 4 and weights * 0.9 < built.weight_bytes < weights * 1.2  # the file has a header
+    eight_b = resources.model_size({"architecture": {"name": "internvl3-8b"}}, tmp_path)
+    assert eight_b.dtype_bytes == 2 and 15e9 < eight_b.weight_bytes < 17e9  # 8B parameters in bf16
+    assert eight_b.vocab_size == resources.PUBLISHED_VOCABULARY
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"dtype": "float32", "vocab_size": 4096}}))
+    assert resources.folder_size(tmp_path) == resources.ModelSize(0, 4, 4096)
 
 
-def test_memory_has_a_floor_grows_with_the_weights_and_on_a_retry():
-    tiny = resources.memory_mb("merge", 1_100_000)
-    assert tiny == max(resources.FLOOR_MB, resources.MEMORY["merge"].fixed_mb + 5)
-    eight_b = resources.memory_mb("merge", 16 * 10**9)
-    assert eight_b == pytest.approx(resources.MEMORY["merge"].fixed_mb
-                                    + resources.MEMORY["merge"].per_weight_byte * 16e9 / 2**20, abs=1)
-    assert resources.memory_mb("merge", 16 * 10**9, attempt=2) == pytest.approx(
-        eight_b * resources.RETRY_FACTOR, abs=resources.RETRY_FACTOR)
-    assert resources.memory_mb("check_training_data", 16 * 10**9) == resources.MEMORY["check_training_data"].fixed_mb
+TINY = resources.ModelSize(1_100_000, 4, 653)
+EIGHT_B = resources.ModelSize(16 * 10**9, 2, resources.PUBLISHED_VOCABULARY)
+
+
+def test_memory_has_a_floor_grows_with_the_model_and_on_a_retry():
+    merge = resources.MEMORY["merge"]
+    assert resources.memory_mb("merge", TINY) >= resources.FLOOR_MB
+    assert resources.memory_mb("merge", TINY) < 1.5 * merge.fixed_mb  # a tiny model needs the fixed cost only
+    # An 8B merge: the model, one 2 GB shard being written, and the logit check at the full vocabulary.
+    expected = merge.fixed_mb + 16e9 / 2**20 + 2048 + merge.activation_mb
+    assert resources.memory_mb("merge", EIGHT_B) == pytest.approx(expected, abs=1)
+    assert resources.memory_mb("merge", EIGHT_B, attempt=2) == pytest.approx(
+        expected * resources.RETRY_FACTOR, abs=resources.RETRY_FACTOR)
+    assert resources.memory_mb("check_training_data", EIGHT_B) == resources.MEMORY["check_training_data"].fixed_mb
+    for kind in resources.MEMORY:
+        assert resources.memory_mb(kind, TINY) <= resources.memory_mb(kind, EIGHT_B)
 
 
 def test_full_finetuning_adds_the_optimizer_where_it_is_in_host_memory():
-    weights, training = 4 * 10**9, {"method": "full", "gpus": 0, "offload": False}
-    lora = resources.train_memory_mb(weights, 2, {**training, "method": "lora"})
-    cpu_full = resources.train_memory_mb(weights, 2, training)
-    assert cpu_full - lora == pytest.approx(16 * weights / 2 / 2**20, abs=1)
-    assert resources.train_memory_mb(weights, 2, {**training, "gpus": 1}) == lora
-    assert resources.train_memory_mb(weights, 2, {**training, "gpus": 1, "offload": True}) == cpu_full
+    size, training = resources.ModelSize(4 * 10**9, 2, 151674), {"method": "full", "gpus": 0, "offload": False}
+    lora = resources.train_memory_mb(size, {**training, "method": "lora"})
+    cpu_full = resources.train_memory_mb(size, training)
+    assert cpu_full - lora == pytest.approx(16 * size.weight_bytes / 2 / 2**20, abs=1)
+    assert resources.train_memory_mb(size, {**training, "gpus": 1}) == lora
+    assert resources.train_memory_mb(size, {**training, "gpus": 1, "offload": True}) == cpu_full
 
 
 def test_streaming_memory_follows_the_largest_file():

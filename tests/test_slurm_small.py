@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,9 @@ def small_run(small_slurm_cluster, tmp_path_factory):  # noqa: F811 - the fixtur
     text = site_block_edit(text, "  extract_frames: 8\n", f"  extract_frames: {threads.group(1)}\n")
     text = site_block_edit(text, "  train: &gpu_step\n", f"  train: &gpu_step\n    runtime: {runtime.group(1)}\n")
     (profile / "config.yaml").write_text(text)
+    started = time.monotonic()
     second = run(workflow, cluster, profile, "train_all")
+    print(f"the reduced demo through SLURM on the small cluster: {time.monotonic() - started:.0f} s")
     output = second.stdout + second.stderr
     assert second.returncode == 0, f"{output[-6000:]}\n{cluster.logs()}"
     return first_output, output, planned, dict(SUBMITTED.findall(output)), workflow
@@ -101,8 +104,10 @@ def test_the_demo_runs_through_slurm_after_the_change(small_run, small_slurm_clu
     assert "preflight: this cluster has no accounting" in output and "followed with `squeue`" in output
     assert sorted(rules.values()) == sorted(rule for rule, count in planned.items() for _ in range(count))
     finished = {job["JobId"]: job for job in small_slurm_cluster.jobs()}
-    for jobid, rule in rules.items():
+    for jobid, rule in sorted(rules.items(), key=lambda item: int(item[0])):
         job = finished[jobid]
+        print(f"{jobid:>4} {rule:20} {job['JobState']:10} {job['Partition']:5} limit {job['TimeLimit']:>4} min "
+              f"{job['Tres']:40} {job['StartTime'][11:]}-{job['EndTime'][11:]}")
         assert job["JobState"] == "COMPLETED", (rule, job)
         assert job["Partition"] == ("gpuq" if rule in ("train", "predict_base", "predict_finetuned") else "cpuq")
         if rule == "train":

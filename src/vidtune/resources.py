@@ -1,11 +1,12 @@
-"""What a job asks SLURM (or a local scheduler) for, sized from the work: memory from the model's weights.
+"""What a job asks SLURM (or a local scheduler) for, sized from the work: memory from the model's size.
 
-A model job's peak memory is a fixed cost (Python, torch, transformers, the batch) plus a multiple of the bytes
-of the model's weights. The figures below were measured with ``benchmarks/job_memory.py`` on the CPU (peak
+A model job's peak memory is a fixed cost (Python, torch, transformers), a multiple of the bytes of the
+model's weights, and activations that grow with the vocabulary (the logits of a sample: the training loss, the
+merge's logit check). The figures below were measured with ``benchmarks/job_memory.py`` on the CPU (peak
 resident set of the real rule scripts, the demo's tiny model against an InternVL3-1B architecture with 2+2
-layers and the published vocabulary) and are explained in docs/training.md, "Job memory". Every request is at
-least :data:`FLOOR_MB`, and a retry (Snakemake's ``attempt`` 2, after an OUT_OF_MEMORY) asks
-:data:`RETRY_FACTOR` times more.
+layers and the published vocabulary, clips of 4 frames at 448 pixels) and are explained in docs/training.md,
+"Job memory". Every request is at least :data:`FLOOR_MB`, and a retry (Snakemake's ``attempt`` 2, after an
+OUT_OF_MEMORY) asks :data:`RETRY_FACTOR` times more.
 
 The model's size is known when the workflow is parsed, before anything is built, so a preflight sees the
 memory of every job: a folder's ``*.safetensors`` (or ``*.bin``) files, or the parameter count of a ``tiny``
@@ -29,20 +30,26 @@ RETRY_FACTOR = 2
 
 @dataclass(frozen=True)
 class MemoryModel:
-    """Peak memory of a job = fixed_mb + per_weight_byte x the model's weight bytes (measured, see above)."""
+    """Peak memory of a job = fixed_mb + per_weight_byte x the weights' bytes + activation_mb x (the model's
+    vocabulary / the published one) [+ one saved weight shard, for a job that writes the model]."""
 
     fixed_mb: int
     per_weight_byte: float
+    activation_mb: int = 0
+    writes_shards: bool = False
 
 
-# Measured on the CPU (benchmarks/job_memory.py; docs/training.md, "Job memory"), rounded up.
+# Measured on the CPU (benchmarks/job_memory.py; docs/training.md, "Job memory"), rounded up: every model job
+# peaked at 840-890 MB with the tiny model (fixed_mb keeps a third more); the rest is the 2+2-layer
+# InternVL3-1B's extra peak (0.38 GB of bf16 weights) split into weights and activations.
 MEMORY = {
-    "build_model": MemoryModel(fixed_mb=1000, per_weight_byte=2.5),
-    "check_training_data": MemoryModel(fixed_mb=1500, per_weight_byte=0.0),  # reads the tokenizer only
-    "train": MemoryModel(fixed_mb=2500, per_weight_byte=4.0),
-    "merge": MemoryModel(fixed_mb=1500, per_weight_byte=4.0),
-    "predict": MemoryModel(fixed_mb=2000, per_weight_byte=2.0),
+    "build_model": MemoryModel(fixed_mb=1200, per_weight_byte=1.3),
+    "check_training_data": MemoryModel(fixed_mb=1200, per_weight_byte=0.0),  # reads the tokenizer only
+    "train": MemoryModel(fixed_mb=1200, per_weight_byte=2.0, activation_mb=2500),
+    "merge": MemoryModel(fixed_mb=1200, per_weight_byte=1.0, activation_mb=2750, writes_shards=True),
+    "predict": MemoryModel(fixed_mb=1200, per_weight_byte=1.5),
 }
+MERGE_SHARD_BYTES = 2 * 2**30  # vidtune.merge saves the merged model in shards of at most this size
 # Full finetuning keeps fp32 master weights, fp32 gradients and Adam's two moments per trained parameter in
 # host memory when it trains on the CPU or offloads the optimizer (DeepSpeed): 16 bytes a parameter.
 OPTIMIZER_BYTES_PER_PARAMETER = 16
@@ -50,13 +57,23 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # A job that streams a checkpoint one weight file at a time (convert_model) holds about two copies of the
 # largest file (the one read, the one written) on top of the fixed cost.
 STREAM_COPIES = 2.0
-STREAM_FIXED_MB = 1500
+STREAM_FIXED_MB = 1200
 
 
-def memory_mb(kind: str, weight_bytes: int, attempt: int = 1, extra_bytes: int = 0) -> int:
-    """The memory request (MB) of a ``kind`` job (a key of :data:`MEMORY`) on a model of ``weight_bytes``."""
+@dataclass(frozen=True)
+class ModelSize:
+    weight_bytes: int
+    dtype_bytes: int  # bytes per weight
+    vocab_size: int
+
+
+def memory_mb(kind: str, size: ModelSize, attempt: int = 1, extra_bytes: int = 0) -> int:
+    """The memory request (MB) of a ``kind`` job (a key of :data:`MEMORY`) on a model of this size."""
     model = MEMORY[kind]
-    need = model.fixed_mb + (model.per_weight_byte * weight_bytes + extra_bytes) / MB
+    weights = model.per_weight_byte * size.weight_bytes + extra_bytes
+    if model.writes_shards:
+        weights += min(size.weight_bytes, MERGE_SHARD_BYTES)
+    need = model.fixed_mb + weights / MB + model.activation_mb * size.vocab_size / PUBLISHED_VOCABULARY
     return _request(need, attempt)
 
 
@@ -65,12 +82,12 @@ def streaming_memory_mb(largest_file_bytes: int, attempt: int = 1) -> int:
     return _request(STREAM_FIXED_MB + STREAM_COPIES * largest_file_bytes / MB, attempt)
 
 
-def train_memory_mb(weight_bytes: int, dtype_bytes: int, training: dict, attempt: int = 1) -> int:
+def train_memory_mb(size: ModelSize, training: dict, attempt: int = 1) -> int:
     """The train job's request (per node): optimizer state in host memory for a full finetune on the CPU or
     with DeepSpeed's offload; LoRA and QLoRA train a few parameters whose state the fixed cost covers."""
     host_optimizer = training["method"] == "full" and (training["gpus"] == 0 or training["offload"])
-    extra = OPTIMIZER_BYTES_PER_PARAMETER * weight_bytes // dtype_bytes if host_optimizer else 0
-    return memory_mb("train", weight_bytes, attempt, extra)
+    extra = OPTIMIZER_BYTES_PER_PARAMETER * size.weight_bytes // size.dtype_bytes if host_optimizer else 0
+    return memory_mb("train", size, attempt, extra)
 
 
 def _request(need_mb: float, attempt: int) -> int:
@@ -93,28 +110,30 @@ def largest_weight_file_bytes(folder: str | Path) -> int:
     return max((path.stat().st_size for path in files), default=0)
 
 
-def folder_dtype_bytes(folder: str | Path) -> int:
-    """Bytes per weight of a checkpoint folder (config.json's dtype; bf16, what released models use, if none)."""
+def folder_size(folder: str | Path) -> ModelSize:
+    """A checkpoint folder's weights, with config.json's dtype and vocabulary (bf16 and the published
+    InternVL3 vocabulary where it names none)."""
     try:
         config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return 2
-    text = config.get("text_config") or {}
+        config = {}
+    text = config.get("text_config") or config.get("llm_config") or {}
     name = config.get("dtype") or config.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype")
-    return DTYPE_BYTES.get(name, 2)
+    vocab = text.get("vocab_size") or config.get("vocab_size") or PUBLISHED_VOCABULARY
+    return ModelSize(folder_weight_bytes(folder), DTYPE_BYTES.get(name, 2), int(vocab))
 
 
-def model_size(spec: dict, folder: str | Path) -> tuple[int, int]:
-    """(weight bytes, bytes per weight) of a config's model entry: a folder's files, or what a build makes."""
+def model_size(spec: dict, folder: str | Path) -> ModelSize:
+    """The size of a config's model entry: a folder's files, or what a `tiny` or `architecture` build makes."""
     if "architecture" in spec:
         settings = {**schema_defaults("architecture"), **spec["architecture"]}
         text, vision = architecture_dims(settings)
         dtype_bytes = DTYPE_BYTES[settings["dtype"]]
-        return internvl_parameters(text, vision) * dtype_bytes, dtype_bytes
+        return ModelSize(internvl_parameters(text, vision) * dtype_bytes, dtype_bytes, text["vocab_size"])
     if "tiny" in spec:
         text, vision = tiny_dims({**schema_defaults("tiny_model"), **spec["tiny"]})
-        return internvl_parameters(text, vision) * 4, 4  # built in float32
-    return folder_weight_bytes(folder), folder_dtype_bytes(folder)
+        return ModelSize(internvl_parameters(text, vision) * 4, 4, text["vocab_size"])  # built in float32
+    return folder_size(folder)
 
 
 # The published shapes of the InternVL3-*-hf checkpoints (their config.json): the vision tower InternViT-300M
