@@ -105,7 +105,8 @@ def main() -> None:
     results = [measure(name, config, root / name) for name, config in configs().items()]
     for result in results:
         for rule, mb in result["peak_rss_mb"].items():
-            print(f"{result['model']:>16} {rule:>20}: peak {mb:6d} MB  (weights {result['weight_bytes'] / 2**20:.1f} MB)")
+            weights = result["weight_bytes"] / 2**20
+            print(f"{result['model']:>16} {rule:>20}: peak {mb:6d} MB  (weights {weights:.1f} MB)")
     small, large = results
     slopes = {}
     for rule in MEASURED:

@@ -21,7 +21,8 @@ def built_parameters(config) -> int:
 
 
 @pytest.mark.parametrize("settings", [{"name": "internvl3-1b", "text_layers": 2, "vision_layers": 2},
-                                      {"name": "internvl3-8b", "text_layers": 1, "vision_layers": 1, "vocab_size": 4096},
+                                      {"name": "internvl3-8b", "text_layers": 1, "vision_layers": 1,
+                                       "vocab_size": 4096},
                                       {"name": "internvl3-2b"}])
 def test_architecture_parameters_are_what_transformers_builds(settings):
     settings = {**schema_defaults("architecture"), **settings}

@@ -23,13 +23,13 @@ from test_slurm import FAST_STATUS
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
-SITE_START, SITE_END = "# ==================================== SITE SETTINGS", "# ================================== END OF"
+SITE_START, SITE_END = re.compile(r"^# =+ SITE SETTINGS", re.M), re.compile(r"^# =+ END OF SITE SETTINGS", re.M)
 SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/")
 
 
 def site_block_edit(text: str, old: str, new: str) -> str:
     """Replace one piece of the profile's site block (and only there)."""
-    start, end = text.index(SITE_START), text.index(SITE_END)
+    start, end = SITE_START.search(text).start(), SITE_END.search(text).start()
     block = text[start:end]
     assert block.count(old) == 1, old
     return text[:start] + block.replace(old, new) + text[end:]
