@@ -21,8 +21,7 @@ rule build_model:
         "Building the random-weight InternVL model {wildcards.model}"
     threads: 1
     resources:
-        # A full-size 8B architecture is 16 GB of bf16 weights; a tiny model needs little.
-        mem_mb=lambda wildcards: 2000 if "tiny" in config["models"][wildcards.model] else 40000,
+        mem_mb=model_memory("build_model", lambda wildcards: wildcards.model),
         runtime=30,
     conda:
         "../envs/vidtune.yaml"

@@ -17,6 +17,8 @@ from vidtune.fingerprint import folder_fingerprint
 from vidtune.internvl_checkpoint.layout import is_original_layout, largest_shard_mb
 from vidtune.prediction_shards import evaluation_key, prediction_settings
 from vidtune.reach import ANY, settings_for
+from vidtune import resources as job_resources
+from vidtune.slurm_preflight import PreflightError, explain_refusals, preflight
 from vidtune.sweeps import expand_sweeps
 
 validate(config, schema="../workflow/schemas/config.schema.yaml", set_default=True)
@@ -131,6 +133,33 @@ def run_threads(section):
         return 1 if gpus == 0 else min(8, 4 * gpus)
 
     return threads
+
+
+def model_size(name):
+    """A configured model's size (vidtune.resources.ModelSize): its folder's weights, or what a build makes."""
+    return job_resources.model_size(config["models"][name], model_folder(name))
+
+
+def model_memory(kind, model_of=lambda wildcards: config["runs"][wildcards.run]["model"]):
+    """resources: mem_mb of a `kind` job (vidtune.resources.MEMORY) on the job's model, larger on a retry."""
+
+    def mem_mb(wildcards, attempt):
+        return job_resources.memory_mb(kind, model_size(model_of(wildcards)), attempt)
+
+    return mem_mb
+
+
+def train_memory(wildcards, attempt):
+    """resources: mem_mb of a train job (per node), from the run's model and training method."""
+    size = model_size(config["runs"][wildcards.run]["model"])
+    return job_resources.train_memory_mb(size, config["runs"][wildcards.run]["training"], attempt)
+
+
+def streaming_memory(folder_of):
+    """resources: mem_mb of a job that converts the checkpoint folder_of(wildcards) one weight file at a time."""
+    return lambda wildcards, attempt: job_resources.streaming_memory_mb(
+        job_resources.largest_weight_file_bytes(folder_of(wildcards)), attempt
+    )
 
 
 def run_gpus(section):
@@ -258,3 +287,16 @@ def run_predictions(name, which):
 def predictions_of(which):
     """Input function: the joined predictions of the base or the finetuned model of the job's run."""
     return lambda wildcards: run_predictions(wildcards.run, which)
+
+
+# On a SLURM cluster (--profile profiles/slurm): before the first sbatch, stop with one line per job that can
+# never run there; after an sbatch refusal, say which limit it hit (vidtune.slurm_preflight, docs/cluster.md).
+onstart:
+    try:
+        preflight(workflow)
+    except PreflightError as error:
+        raise WorkflowError(f"SLURM preflight: {error}") from None
+
+
+onerror:
+    explain_refusals(workflow, log)

@@ -16,7 +16,7 @@ rule merge:
         "Merging the adapter of run {wildcards.run} into its base model"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: 32000 * attempt,
+        mem_mb=model_memory("merge"),
         runtime=60,
     conda:
         "../envs/vidtune.yaml"

@@ -23,7 +23,7 @@ rule predict_base:
     threads: lambda wildcards: 1 if base_evaluation(wildcards)["gpus"] == 0 else 4
     resources:
         gpu=lambda wildcards: min(1, base_evaluation(wildcards)["gpus"]),
-        mem_mb=lambda wildcards, attempt: 16000 * attempt,
+        mem_mb=model_memory("predict", lambda wildcards: wildcards.model),
         runtime=lambda wildcards, attempt: 120 * attempt,
     conda:
         "../envs/vidtune.yaml"
@@ -52,7 +52,7 @@ rule predict_finetuned:
     threads: lambda wildcards: 1 if config["runs"][wildcards.run]["evaluation"]["gpus"] == 0 else 4
     resources:
         gpu=lambda wildcards: min(1, config["runs"][wildcards.run]["evaluation"]["gpus"]),
-        mem_mb=lambda wildcards, attempt: 16000 * attempt,
+        mem_mb=model_memory("predict"),
         runtime=lambda wildcards, attempt: 120 * attempt,
     conda:
         "../envs/vidtune.yaml"

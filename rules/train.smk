@@ -28,7 +28,7 @@ checkpoint check_training_data:
         "Checking the training records of dataset {wildcards.dataset} for run {wildcards.run}"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=model_memory("check_training_data"),
         runtime=60,
     conda:
         "../envs/vidtune.yaml"
@@ -93,7 +93,7 @@ rule train:
         tasks=train_multi_node(lambda training: training["nodes"]),
         tasks_per_gpu=train_multi_node(lambda training: 0),
         mpi=train_multi_node(lambda training: "srun"),
-        mem_mb=lambda wildcards, attempt: 16000 * attempt,
+        mem_mb=train_memory,
         runtime=lambda wildcards: config["runs"][wildcards.run]["training"]["runtime_min"],
         # How often checkpoints are written and how many are kept: job settings, not the result.
         save_steps=lambda wildcards: config["runs"][wildcards.run]["training"]["save_steps"],

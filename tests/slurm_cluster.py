@@ -18,9 +18,14 @@ Two shapes, one code path:
   controller namespace when called from outside the cluster, so a Snakemake run on the host submits as
   usual. The file system is shared (it is one machine's disk), as on a cluster.
 
+A third shape, `small_slurm_cluster` (`SMALL`), is like the small held-out cluster of issue 25: one node of
+2 CPUs and 20 GB whose jobs are held to their --mem by cgroups (task/cgroup, ConstrainRAMSpace), partitions
+cpuq and gpuq (4 h limit, untyped GPUs), and no accounting (no MariaDB or slurmdbd; finished jobs are read
+from slurmctld's job completion file instead of sacct).
+
 To try a profile change by hand, from the repository root (as root, with the venv active):
 
-    python tests/slurm_cluster.py 2    # nodes; prints the PATH to export; Ctrl-C stops and removes it all
+    python tests/slurm_cluster.py 2    # nodes (or `small`); prints the PATH to export; Ctrl-C removes it all
 
 Needs root and the packages of `bash envs/install_system_packages.sh --slurm` (which `make test` runs); the
 fixtures skip the tests otherwise.
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import signal
 import socket
@@ -50,8 +56,6 @@ NAMESPACE_TOOLS = ("ip", "nsenter", "unshare")
 PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "slurm"
 CLUSTER = "vidtune-test"
 DB_USER, DB_PASSWORD, DB_NAME = "slurm", "vidtune-test", "slurm_acct_db"
-NODE_CPUS = 8  # more than this machine has (SlurmdParameters=config_overrides): small jobs run side by side
-NODE_MEMORY_MB = 128_000  # declared, not enforced: the merge step asks for 32 GB
 NODE_GPUS = ("/dev/null", "/dev/zero")  # stand-ins for two GPU devices: a multi-GPU request can be scheduled
 START_TIMEOUT_S = 90
 SUBNET = "10.217.0"  # inside the test's own network namespaces only: never routed to or from the host
@@ -62,6 +66,25 @@ class Node:
     name: str
     address: str
     netns: str | None  # the node's network namespace; None: the host's own network (the one-node cluster)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the cluster's nodes and partitions are like, and whether it keeps accounting."""
+
+    cpus: int = 8  # more than this machine has (SlurmdParameters=config_overrides): small jobs run side by side
+    memory_mb: int = 128_000  # declared, not enforced
+    gpu_types: bool = True  # the nodes' gres name the profile's GPU model; False: untyped `gpu:2`
+    accounting: bool = True  # MariaDB + slurmdbd, so `sacct` answers; False: AccountingStorageType=none
+    enforce_memory: bool = False  # task/cgroup with ConstrainRAMSpace: a job past its --mem is killed
+    max_time: dict = field(default_factory=dict)  # partition -> MaxTime; INFINITE where not named
+
+
+# Like the small held-out cluster of issue 25: nodes of 2 CPUs and 20 GB with memory enforced, two partitions
+# (cpuq, gpuq with a 4 h limit and untyped GPUs), no accounting database.
+SMALL_SITE_PARTITIONS = ("cpuq", "gpuq")
+SMALL = Shape(cpus=2, memory_mb=20_000, gpu_types=False, accounting=False, enforce_memory=True,
+              max_time={"gpuq": "4:00:00"})
 
 
 class ClusterError(RuntimeError):
@@ -96,6 +119,7 @@ class SlurmCluster:
     root: Path
     site: Site
     node_count: int = 1
+    shape: Shape = field(default_factory=Shape)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -133,7 +157,12 @@ class SlurmCluster:
     # --- Records -------------------------------------------------------------------------------------------
 
     def jobs(self) -> list[dict[str, str]]:
-        """Every job of this cluster as slurmdbd recorded it (allocations only, no steps)."""
+        """Every job of this cluster as slurmdbd recorded it (allocations only, no steps); without accounting,
+        as slurmctld's job completion log has them (JobId, JobState, Partition, NodeList, ...)."""
+        if not self.shape.accounting:
+            completions = self.root / "logs" / "jobcomp.log"
+            lines = completions.read_text().splitlines() if completions.exists() else []
+            return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in lines]
         fields = "JobID,JobName,State,ExitCode,Partition,Account,ReqTRES,AllocTRES,Comment,WorkDir,NodeList"
         output = self.command("sacct", "-X", "--allusers", "--parsable2", f"--format={fields}",
                               "--starttime", "now-1days", "--endtime", "now")
@@ -152,13 +181,16 @@ class SlurmCluster:
         ports = free_ports(4)
         self.mysql_port, self.dbd_port, self.ctld_port, self.slurmd_port = ports
         self._start_munge()
-        self._start_mariadb()
+        if self.shape.accounting:
+            self._start_mariadb()
         self._write_configs()
-        self._start("slurmdbd", [*self.on_controller, "slurmdbd", "-D"], ready=lambda: self.port_open(self.dbd_port))
-        self.command("sacctmgr", "-i", "add", "cluster", CLUSTER)
-        self.command("sacctmgr", "-i", "add", "account", self.site.account, f"Cluster={CLUSTER}")
-        self.command("sacctmgr", "-i", "add", "user", "root", f"Account={self.site.account}",
-                     f"Cluster={CLUSTER}")
+        if self.shape.accounting:
+            self._start("slurmdbd", [*self.on_controller, "slurmdbd", "-D"],
+                        ready=lambda: self.port_open(self.dbd_port))
+            self.command("sacctmgr", "-i", "add", "cluster", CLUSTER)
+            self.command("sacctmgr", "-i", "add", "account", self.site.account, f"Cluster={CLUSTER}")
+            self.command("sacctmgr", "-i", "add", "user", "root", f"Account={self.site.account}",
+                         f"Cluster={CLUSTER}")
         self._start("slurmctld", [*self.on_controller, "slurmctld", "-D", "-f", str(self.conf)],
                     ready=lambda: self.command("scontrol", "ping", check=False).count("UP") > 0)
         for node in self.nodes:
@@ -269,11 +301,38 @@ class SlurmCluster:
     def _write_configs(self) -> None:
         etc, state, logs, run = (self.root / name for name in ("etc", "state", "logs", "run"))
         auth = f"AuthType=auth/munge\nAuthInfo=socket={self.munge_socket}\n"
-        site = self.site
+        site, shape = self.site, self.shape
+        gres = site.gres if shape.gpu_types else "gpu"
         names = ",".join(node.name for node in self.nodes)
-        node_lines = "".join(f"NodeName={node.name} NodeAddr={node.address} CPUs={NODE_CPUS} "
-                             f"RealMemory={NODE_MEMORY_MB} Gres={site.gres}:{len(NODE_GPUS)} State=UNKNOWN\n"
+        node_lines = "".join(f"NodeName={node.name} NodeAddr={node.address} CPUs={shape.cpus} "
+                             f"RealMemory={shape.memory_mb} Gres={gres}:{len(NODE_GPUS)} State=UNKNOWN\n"
                              for node in self.nodes)
+        if shape.accounting:
+            accounting = f"""\
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+AccountingStoragePort={self.dbd_port}
+# Connections to slurmdbd take their munge socket from here, not from AuthInfo.
+AccountingStoragePass={self.munge_socket}
+AccountingStorageTRES=gres/gpu{f',gres/{site.gres}' if site.gpu_model and shape.gpu_types else ''}
+AccountingStoreFlags=job_comment
+JobCompType=jobcomp/none
+"""
+        else:  # no slurmdbd: sacct cannot answer; finished jobs are written to a text file instead
+            accounting = f"AccountingStorageType=accounting_storage/none\nJobCompType=jobcomp/filetxt\n" \
+                         f"JobCompLoc={logs / 'jobcomp.log'}\n"
+        if shape.enforce_memory:  # the job's cgroup (v1 memory controller) holds it to its --mem
+            tasks = "ProctrackType=proctrack/cgroup\nTaskPlugin=task/cgroup\n"
+            (etc / "cgroup.conf").write_text("CgroupPlugin=cgroup/v1\nCgroupAutomount=no\n"
+                                             "ConstrainRAMSpace=yes\nConstrainSwapSpace=yes\n"
+                                             "AllowedSwapSpace=0\nConstrainCores=no\nConstrainDevices=no\n")
+        else:
+            tasks = "ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n"
+
+        def partition(name: str, default: bool) -> str:
+            return (f"PartitionName={name} Nodes={names}{' Default=YES' if default else ''} "
+                    f"MaxTime={shape.max_time.get(name, 'INFINITE')} State=UP\n")
+
         self.conf.write_text(f"""\
 ClusterName={CLUSTER}
 SlurmctldHost={self.controller.name}({self.controller.address})
@@ -288,9 +347,7 @@ SlurmctldPidFile={run / 'slurmctld.pid'}
 SlurmdPidFile={run / 'slurmd-%n.pid'}
 SlurmctldLogFile={logs / 'slurmctld.log'}
 SlurmdLogFile={logs / 'slurmd-%n.log'}
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-MpiDefault=none
+{tasks}MpiDefault=none
 ReturnToService=2
 MailProg=/bin/true
 SchedulerType=sched/builtin
@@ -302,20 +359,11 @@ DefMemPerCPU=1000
 MinJobAge=300
 SlurmdParameters=config_overrides
 GresTypes=gpu
-AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
-AccountingStoragePort={self.dbd_port}
-# Connections to slurmdbd take their munge socket from here, not from AuthInfo.
-AccountingStoragePass={self.munge_socket}
-AccountingStorageTRES=gres/gpu{f',gres/{site.gres}' if site.gpu_model else ''}
-AccountingStoreFlags=job_comment
-JobAcctGatherType=jobacct_gather/none
-JobCompType=jobcomp/none
-{node_lines}PartitionName={site.cpu_partition} Nodes={names} Default=YES MaxTime=INFINITE State=UP
-""" + (f"PartitionName={site.gpu_partition} Nodes={names} MaxTime=INFINITE State=UP\n"
-       if site.gpu_partition != site.cpu_partition else ""))
+{accounting}JobAcctGatherType=jobacct_gather/none
+{node_lines}{partition(site.cpu_partition, True)}""" + (partition(site.gpu_partition, False)
+                                                        if site.gpu_partition != site.cpu_partition else ""))
         # A count-only gres.conf line (no File) leaves the node INVAL; harmless devices stand in for GPUs.
-        gpu_type = f" Type={site.gpu_model}" if site.gpu_model else ""
+        gpu_type = f" Type={site.gpu_model}" if site.gpu_model and shape.gpu_types else ""
         (etc / "gres.conf").write_text(f"NodeName={names} Name=gpu{gpu_type} File={','.join(NODE_GPUS)}\n")
         dbd = etc / "slurmdbd.conf"
         dbd.write_text(f"""\
@@ -417,9 +465,9 @@ def missing_requirements(node_count: int = 1) -> str | None:
     return None
 
 
-def start_cluster(site: Site, node_count: int = 1) -> Iterator[SlurmCluster]:
+def start_cluster(site: Site, node_count: int = 1, shape: Shape = Shape()) -> Iterator[SlurmCluster]:
     """A running cluster, stopped and removed afterwards (also when starting it failed)."""
-    cluster = SlurmCluster(Path(tempfile.mkdtemp(prefix="vidtune-slurm-")), site, node_count)
+    cluster = SlurmCluster(Path(tempfile.mkdtemp(prefix="vidtune-slurm-")), site, node_count, shape)
     try:
         cluster.start()
         yield cluster
@@ -446,13 +494,25 @@ def slurm_nodes() -> Iterator[SlurmCluster]:
     yield from start_cluster(Site.from_profile(PROFILE), node_count=2)
 
 
+@pytest.fixture(scope="session")
+def small_slurm_cluster() -> Iterator[SlurmCluster]:
+    """One cluster like the small held-out one (SMALL: 2 CPUs, 20 GB enforced, cpuq/gpuq, no accounting)."""
+    reason = missing_requirements()
+    if reason:
+        pytest.skip(reason)
+    yield from start_cluster(Site("none", *SMALL_SITE_PARTITIONS, gpu_model=None), shape=SMALL)
+
+
 def main() -> None:
-    """Start a cluster of argv[1] nodes (default 1) for trying a profile by hand; Ctrl-C stops it."""
-    node_count = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    """Start a cluster of argv[1] nodes (default 1), or `small` (SMALL), for trying a profile by hand; Ctrl-C
+    stops it."""
+    small = sys.argv[1:2] == ["small"]
+    node_count = 1 if small or len(sys.argv) < 2 else int(sys.argv[1])
     reason = missing_requirements(node_count)
     if reason:
         raise SystemExit(reason)
-    for cluster in start_cluster(Site.from_profile(PROFILE), node_count):
+    site = Site("none", *SMALL_SITE_PARTITIONS, gpu_model=None) if small else Site.from_profile(PROFILE)
+    for cluster in start_cluster(site, node_count, SMALL if small else Shape()):
         print(f"cluster in {cluster.root}; in another shell:\n"
               f"  export PATH={cluster.root / 'bin'}:$PATH SLURM_CONF={cluster.conf}\n"
               f"  snakemake --profile profiles/slurm ...\nCtrl-C stops it.", flush=True)

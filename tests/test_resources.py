@@ -1,0 +1,97 @@
+"""Job requests sized from the work (vidtune.resources): the model's size before it is built, memory from it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import InternVLForConditionalGeneration
+
+from conftest import TRAINING_TEST_MODEL
+from vidtune import resources
+from vidtune.config import schema_defaults
+from vidtune.tiny_model import (ARCHITECTURES, INTERNVL3_CHAT_TEMPLATE, INTERNVL3_SPECIAL_TOKENS, VOCAB_SIZE,
+                                architecture_config, build_tokenizer, model_config)
+
+
+def built_parameters(config) -> int:
+    with torch.device("meta"):
+        return sum(parameter.numel() for parameter in InternVLForConditionalGeneration(config).parameters())
+
+
+@pytest.mark.parametrize("settings", [{"name": "internvl3-1b", "text_layers": 2, "vision_layers": 2},
+                                      {"name": "internvl3-8b", "text_layers": 1, "vision_layers": 1,
+                                       "vocab_size": 4096},
+                                      {"name": "internvl3-2b"}])
+def test_architecture_parameters_are_what_transformers_builds(settings):
+    settings = {**schema_defaults("architecture"), **settings}
+    tokenizer = build_tokenizer(8192, INTERNVL3_SPECIAL_TOKENS, INTERNVL3_CHAT_TEMPLATE)
+    expected = built_parameters(architecture_config(settings, tokenizer))
+    assert resources.internvl_parameters(*resources.architecture_dims(settings)) == expected
+
+
+def test_published_shapes_are_the_builders():
+    for name, published in ARCHITECTURES.items():
+        text, vision = resources.architecture_dims({"name": name})
+        assert {key: published["text"][key] for key in resources.PUBLISHED_TEXT[name]} == resources.PUBLISHED_TEXT[name]
+        assert {key: published["vision"][key] for key in resources.INTERNVIT_300M} == resources.INTERNVIT_300M
+        assert text["vocab_size"] == published["text"]["vocab_size"]
+    assert resources.TINY_VOCABULARY == VOCAB_SIZE
+
+
+@pytest.mark.parametrize("settings", [{}, TRAINING_TEST_MODEL])
+def test_tiny_parameters_bound_what_transformers_builds(settings):
+    """The tokenizer of a tiny model has at most VOCAB_SIZE tokens: the count is an upper bound, close to it."""
+    settings = {**schema_defaults("tiny_model"), **settings}
+    built = built_parameters(model_config(settings, build_tokenizer()))
+    counted = resources.internvl_parameters(*resources.tiny_dims(settings))
+    assert built <= counted <= built * 1.15
+
+
+def test_model_size_of_a_folder_and_of_a_build(tiny, tmp_path):
+    weights = sum(path.stat().st_size for path in tiny.glob("*.safetensors"))
+    vocab = json.loads((tiny / "config.json").read_text())["text_config"]["vocab_size"]
+    assert weights > 0
+    assert resources.model_size({"path": str(tiny)}, tiny) == resources.ModelSize(weights, 4, vocab)  # float32
+    assert resources.largest_weight_file_bytes(tiny) == max(p.stat().st_size for p in tiny.glob("*.safetensors"))
+    built = resources.model_size({"tiny": TRAINING_TEST_MODEL}, tmp_path / "not built yet")
+    assert built.dtype_bytes == 4 and weights * 0.9 < built.weight_bytes < weights * 1.2  # the file has a header
+    eight_b = resources.model_size({"architecture": {"name": "internvl3-8b"}}, tmp_path)
+    assert eight_b.dtype_bytes == 2 and 15e9 < eight_b.weight_bytes < 17e9  # 8B parameters in bf16
+    assert eight_b.vocab_size == resources.PUBLISHED_VOCABULARY
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"dtype": "float32", "vocab_size": 4096}}))
+    assert resources.folder_size(tmp_path) == resources.ModelSize(0, 4, 4096)
+
+
+TINY = resources.ModelSize(1_100_000, 4, 653)
+EIGHT_B = resources.ModelSize(16 * 10**9, 2, resources.PUBLISHED_VOCABULARY)
+
+
+def test_memory_has_a_floor_grows_with_the_model_and_on_a_retry():
+    merge = resources.MEMORY["merge"]
+    assert resources.memory_mb("merge", TINY) >= resources.FLOOR_MB
+    assert resources.memory_mb("merge", TINY) < 1.5 * merge.fixed_mb  # a tiny model needs the fixed cost only
+    # An 8B merge: the model, one 2 GB shard being written, and the logit check at the full vocabulary.
+    expected = merge.fixed_mb + 16e9 / 2**20 + 2048 + merge.activation_mb
+    assert resources.memory_mb("merge", EIGHT_B) == pytest.approx(expected, abs=1)
+    assert resources.memory_mb("merge", EIGHT_B, attempt=2) == pytest.approx(
+        expected * resources.RETRY_FACTOR, abs=resources.RETRY_FACTOR)
+    assert resources.memory_mb("check_training_data", EIGHT_B) == resources.MEMORY["check_training_data"].fixed_mb
+    for kind in resources.MEMORY:
+        assert resources.memory_mb(kind, TINY) <= resources.memory_mb(kind, EIGHT_B)
+
+
+def test_full_finetuning_adds_the_optimizer_where_it_is_in_host_memory():
+    size, training = resources.ModelSize(4 * 10**9, 2, 151674), {"method": "full", "gpus": 0, "offload": False}
+    lora = resources.train_memory_mb(size, {**training, "method": "lora"})
+    cpu_full = resources.train_memory_mb(size, training)
+    assert cpu_full - lora == pytest.approx(16 * size.weight_bytes / 2 / 2**20, abs=1)
+    assert resources.train_memory_mb(size, {**training, "gpus": 1}) == lora
+    assert resources.train_memory_mb(size, {**training, "gpus": 1, "offload": True}) == cpu_full
+
+
+def test_streaming_memory_follows_the_largest_file():
+    assert resources.streaming_memory_mb(0) == resources.STREAM_FIXED_MB
+    assert resources.streaming_memory_mb(5 * 2**30) == resources.STREAM_FIXED_MB + 2 * 5 * 1024
+    assert resources.streaming_memory_mb(5 * 2**30, attempt=2) == 2 * (resources.STREAM_FIXED_MB + 10 * 1024)
