@@ -46,9 +46,8 @@ rule convert_model:
         "Converting the original-layout InternVL checkpoint {wildcards.model} to transformers' native InternVL"
     threads: 1
     resources:
-        # Tensors are streamed one shard at a time: measured peaks of 1.8-3.2 x the largest shard
-        # (docs/training.md, "Converting an original-layout checkpoint").
-        mem_mb=lambda wildcards, attempt: attempt * (2000 + 3 * largest_shard_mb(config["models"][wildcards.model]["path"])),
+        # Tensors are streamed one shard at a time: memory follows the largest shard, not the model.
+        mem_mb=streaming_memory(lambda wildcards: config["models"][wildcards.model]["path"]),
         runtime=60,
     conda:
         "../envs/vidtune.yaml"

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the vidtune package, 
 from vidtune.config import check_config, GENERATED_FORMATS
 from vidtune.errors import ConfigError
 from vidtune.fingerprint import folder_fingerprint
-from vidtune.internvl_checkpoint.layout import is_original_layout, largest_shard_mb
+from vidtune.internvl_checkpoint.layout import is_original_layout
 from vidtune.prediction_shards import evaluation_key, prediction_settings
 from vidtune.reach import ANY, settings_for
 from vidtune import resources as job_resources
@@ -136,8 +136,9 @@ def run_threads(section):
 
 
 def model_size(name):
-    """A configured model's size (vidtune.resources.ModelSize): its folder's weights, or what a build makes."""
-    return job_resources.model_size(config["models"][name], model_folder(name))
+    """A configured model's size (vidtune.resources.ModelSize): its folder's weights (the folder as given: a
+    converted one does not exist yet when the workflow is parsed), or what a build makes."""
+    return job_resources.model_size(config["models"][name], config["models"][name].get("path") or model_folder(name))
 
 
 def model_memory(kind, model_of=lambda wildcards: config["runs"][wildcards.run]["model"]):

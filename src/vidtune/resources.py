@@ -54,10 +54,10 @@ MERGE_SHARD_BYTES = 2 * 2**30  # vidtune.merge saves the merged model in shards 
 # host memory when it trains on the CPU or offloads the optimizer (DeepSpeed): 16 bytes a parameter.
 OPTIMIZER_BYTES_PER_PARAMETER = 16
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-# A job that streams a checkpoint one weight file at a time (convert_model) holds about two copies of the
-# largest file (the one read, the one written) on top of the fixed cost.
-STREAM_COPIES = 2.0
-STREAM_FIXED_MB = 1200
+# A job that streams a checkpoint one weight file at a time (convert_model) peaked at 1.8-3.2 x the largest
+# file (benchmarks/convert_checkpoint.py; docs/training.md, "Converting an original-layout checkpoint").
+STREAM_COPIES = 3.0
+STREAM_FIXED_MB = 2000
 
 
 @dataclass(frozen=True)

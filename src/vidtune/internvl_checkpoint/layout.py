@@ -146,11 +146,6 @@ def tensor_names(folder: str | Path) -> list[str]:
     return sorted(name for path in weight_files(folder) for name in tensor_shapes(path))
 
 
-def largest_shard_mb(folder: str | Path) -> int:
-    """The size of the folder's largest weight file in MB (what streaming one shard at a time holds)."""
-    return max((path.stat().st_size for path in weight_files(folder)), default=0) // 2 ** 20
-
-
 def _has_output_layer(checkpoint: OriginalCheckpoint) -> bool:
     names = tensor_names(checkpoint.folder)
     return any(name in ("language_model.lm_head.weight", "language_model.output.weight") for name in names)
