@@ -153,7 +153,7 @@ def test_zero_stage_trains_lora_that_merges(stage, offload, tiny, data, tmp_path
     losses = [entry["loss"] for entry in json.loads((tmp_path / "train" / "loss.json").read_text())]
     assert losses[-1] < losses[0]
     # Parameter counts are the whole model's, also where ZeRO-3 holds shards.
-    plain = prepare_model(tiny, _settings(), False, logging.getLogger("test"))
+    plain = prepare_model(tiny, _settings(), logging.getLogger("test"))
     assert summary["trainable_params"] == sum(p.numel() for p in plain.parameters() if p.requires_grad)
     assert summary["total_params"] == sum(p.numel() for p in plain.parameters())
     assert summary["weights_check"] == {"trainable_tensors": len([p for p in plain.parameters() if p.requires_grad]),
@@ -228,7 +228,7 @@ from vidtune.train import train_job
 from vidtune.training.settings import TrainingSettings
 logging.basicConfig(filename=sys.argv[4], level=logging.INFO)
 train_job(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]),
-          TrainingSettings.from_config(json.loads(sys.argv[5])), False, logging.getLogger("job"))
+          TrainingSettings.from_config(json.loads(sys.argv[5])), logging.getLogger("job"))
 """
 
 

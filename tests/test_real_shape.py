@@ -123,7 +123,7 @@ def test_qlora_quantises_the_real_layer_set(real_run):
     import bitsandbytes as bnb
 
     model_dir = real_run.path("results/models/internvl3-1b-2l")
-    model = prepare_model(model_dir, TrainingSettings.from_config({"method": "qlora", "lora": {"rank": 8}}), False,
+    model = prepare_model(model_dir, TrainingSettings.from_config({"method": "qlora", "lora": {"rank": 8}}),
                           __import__("logging").getLogger("test"))
     quantised = {name.removeprefix("base_model.model.").rsplit(".", 1)[0] if name.endswith(".base_layer")
                  else name.removeprefix("base_model.model.")
