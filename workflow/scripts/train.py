@@ -24,7 +24,8 @@ current = fingerprint([snakemake.input.meta, *snakemake.input.records,
 if claim_state_folder(out_dir / "checkpoints", current):  # once, before any training process starts
     log.info("checkpoints of the same data and settings kept for resuming")
 settings = TrainingSettings.from_config({**snakemake.params.training, "save_steps": snakemake.resources.save_steps,
-                                        "save_total_limit": snakemake.resources.save_total_limit})
+                                        "save_total_limit": snakemake.resources.save_total_limit,
+                                        "data_workers": snakemake.resources.data_workers})
 summary = train_job(Path(snakemake.input.meta), Path(snakemake.input.model), out_dir, settings,
                     trust_remote_code=trust_remote_code, log=log)
 log.info("summary: %s", summary)

@@ -59,6 +59,8 @@ def prepare_model(model_dir: Path, settings: TrainingSettings, trust_remote_code
         base_dtype = torch.bfloat16 if bf16 and method == "lora" else torch.float32
         model = load_model(model_dir, trust_remote_code=trust_remote_code, dtype=base_dtype)
     model.config.use_cache = False
+    if settings.attention != model.config._attn_implementation:
+        model.set_attn_implementation(settings.attention)  # packed rows: flash-attention's varlen kernel
     if method == "full":
         frozen = {"vision": settings.freeze_vision, "projector": settings.freeze_projector,
                   "language": settings.freeze_language}

@@ -52,6 +52,13 @@ class TrainingSettings:
     deepspeed: str
     offload: bool
     runtime_min: int
+    # Batching, packing and data loading (vidtune.training.batching, .packing, .loading).
+    group_by_length: bool
+    tokens_per_batch: int
+    packing: bool
+    packing_max_tokens: int
+    data_workers: int | str
+    attention: str
 
     @classmethod
     def from_config(cls, training: dict) -> TrainingSettings:
@@ -62,9 +69,13 @@ class TrainingSettings:
             raise ConfigError(f"unknown training settings {unknown}", fix="see runs.<run>.training in the schema")
         lora = {**schema_defaults("lora"), **values.get("lora", {})}
         try:
-            return cls(**{**values, "lora": LoraSettings(**lora)})
+            settings = cls(**{**values, "lora": LoraSettings(**lora)})
         except TypeError as error:
             raise ConfigError(f"training settings: {error}", fix="see runs.<run>.training in the schema") from None
+        if settings.packing and (settings.group_by_length or settings.tokens_per_batch):
+            raise ConfigError("packing makes its own micro-batches: group_by_length and tokens_per_batch don't apply",
+                              fix="set packing: false, or leave group_by_length and tokens_per_batch out")
+        return settings
 
     @classmethod
     def read(cls, path: str | Path) -> TrainingSettings:
@@ -76,6 +87,16 @@ class TrainingSettings:
     @property
     def processes_per_node(self) -> int:
         return max(1, self.gpus)
+
+    @property
+    def batching(self) -> str:
+        """How micro-batches are made: ``fixed`` (batch_size samples, the Trainer's sampler), ``group_by_length``,
+        ``tokens_per_batch`` or ``packing``."""
+        if self.packing:
+            return "packing"
+        if self.tokens_per_batch:
+            return "tokens_per_batch"
+        return "group_by_length" if self.group_by_length else "fixed"
 
     @property
     def uses_bf16(self) -> bool:
