@@ -59,6 +59,9 @@ def prepare_model(model_dir: Path, settings: TrainingSettings, trust_remote_code
         base_dtype = torch.bfloat16 if bf16 and method == "lora" else torch.float32
         model = load_model(model_dir, trust_remote_code=trust_remote_code, dtype=base_dtype)
     model.config.use_cache = False
+    # The language model reads its own config: with a cache, transformers would not build the block-diagonal
+    # mask of packed rows (masking_utils) and samples would attend across their boundaries.
+    model.config.get_text_config().use_cache = False
     if settings.attention != model.config._attn_implementation:
         model.set_attn_implementation(settings.attention)  # packed rows: flash-attention's varlen kernel
     if method == "full":
