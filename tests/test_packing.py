@@ -18,7 +18,7 @@ from vidtune.check_training_data import LENGTHS, check_dataset
 from vidtune.modeling import collate, encode_sample, load_processor
 from vidtune.tiny_model import write_synthetic_dataset
 from vidtune.train import train
-from vidtune.training.batching import item_lengths, plan_batches
+from vidtune.training.batching import item_lengths, learned_logits_only, plan_batches
 from vidtune.training.checkpoints import COMPLETE_MARKER
 from vidtune.training.data import training_items
 from vidtune.training.loading import data_workers
@@ -141,16 +141,20 @@ def test_lora_gradients_of_a_packed_row_equal_a_padded_batchs(tiny, samples):
     # The Trainer's loss normalisation: the answer tokens of the whole step (num_items_in_batch).
     padded = collate(encoded, processor.tokenizer.pad_token_id)
     items = int((padded["labels"][:, 1:] != -100).sum())
+    # The padded batch with every logit, and what training feeds: logits at the learned positions only, padded
+    # and packed.
     gradients = []
-    for batch in (padded, collate_packed(encoded)):
+    for batch in (padded, learned_logits_only(padded), learned_logits_only(collate_packed(encoded))):
         model.zero_grad()
         model(**batch, num_items_in_batch=torch.tensor(items)).loss.backward()
         gradients.append({name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad})
-    assert gradients[0].keys() == gradients[1].keys() and any("lora_A" in name for name in gradients[0])
-    for name, gradient in gradients[0].items():
-        assert gradient.norm() > 0, name
-        relative = (gradient - gradients[1][name]).norm() / gradient.norm()
-        assert relative <= 1e-4, (name, float(relative))
+    assert any("lora_A" in name for name in gradients[0])
+    for other in gradients[1:]:
+        assert other.keys() == gradients[0].keys()
+        for name, gradient in gradients[0].items():
+            assert gradient.norm() > 0, name
+            relative = (gradient - other[name]).norm() / gradient.norm()
+            assert relative <= 1e-4, (name, float(relative))
 
 
 def _silent():
@@ -203,3 +207,14 @@ def test_packed_training_resumes_exactly(tiny, tmp_path):
     losses = [[entry["loss"] for entry in json.loads((tmp_path / run / "loss.json").read_text())]
               for run in ("whole", "stopped")]
     assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+
+
+@pytest.mark.parametrize("method", ["qlora", "full"])
+def test_packed_training_learns_with_each_method(method, tiny, tmp_path):
+    meta = write_synthetic_dataset(tmp_path / "data", 8, num_frames=2, size=32, images=2)
+    summary = train(meta, tiny, tmp_path / "train", {"method": method, "packing": True, "packing_max_tokens": 120,
+                                                     "epochs": 4, "learning_rate": 2e-3, "warmup_ratio": 0.0,
+                                                     "save_steps": 100, "lora": {"dropout": 0.0}})
+    losses = [entry["loss"] for entry in json.loads((tmp_path / "train" / "loss.json").read_text())]
+    assert summary["steps"] == 16 and summary["samples_per_s"] * summary["train_seconds"] == pytest.approx(32, rel=0.01)
+    assert sum(losses[-4:]) < sum(losses[:4]) - 0.4

@@ -10,7 +10,6 @@ per GPU (vidtune.training.launch), each running :func:`main`.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import os
@@ -29,9 +28,9 @@ from transformers.trainer_pt_utils import get_model_param_count
 
 from vidtune.atomic import atomic_dir, write_json
 from vidtune.errors import command_line
-from vidtune.modeling import collate, load_processor
+from vidtune.modeling import load_processor
 from vidtune.report import loss_curve
-from vidtune.training.batching import PlannedBatches, item_lengths, plan_batches, planned_collator
+from vidtune.training.batching import PlannedBatches, item_lengths, plan_batches, training_collator
 from vidtune.training.checkpoints import (CheckpointCallback, checkpoint_step, install_signal_handlers,
                                           latest_complete_checkpoint)
 from vidtune.training.data import EncodedDataset, training_items
@@ -93,16 +92,15 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, settings: TrainingSet
         log.info("resuming from %s (step %d): optimizer, scheduler, RNG and data position restored",
                  resume, checkpoint_step(resume))
     samples = EncodedDataset(items, processor)
-    collator = functools.partial(collate, pad_token_id=processor.tokenizer.pad_token_id, padding_side="right")
     plan = None
     if settings.batching != "fixed":
         plan = plan_batches(item_lengths(items, processor, log), settings.batching, batch_size=settings.batch_size,
                             tokens_per_batch=settings.tokens_per_batch,
                             packing_max_tokens=settings.packing_max_tokens, seed=settings.seed)
         samples = PlannedBatches(samples, plan)
-        collator = planned_collator(processor.tokenizer.pad_token_id, packed=settings.packing)
         log.info("batching: %s, %d micro-batches of %.1f samples on average", settings.batching, len(plan),
                  len(items) / len(plan))
+    collator = training_collator(processor.tokenizer.pad_token_id, planned=plan is not None, packed=settings.packing)
     workers = data_workers(settings.data_workers, job_threads(), int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     args = training_arguments(settings, out_dir / "checkpoints", log, batch_size=1 if plan else None,
                               workers=workers)

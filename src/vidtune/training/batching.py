@@ -22,7 +22,7 @@ import torch
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from vidtune.check_training_data import image_tiles, sample_length
-from vidtune.modeling import collate
+from vidtune.modeling import IGNORE_INDEX, collate
 from vidtune.training.data import TrainItem
 from vidtune.training.packing import collate_packed, plan_rows
 
@@ -100,10 +100,25 @@ class PlannedBatches(torch.utils.data.Dataset):
         return [self.samples[sample] for sample in self.plan[index]]
 
 
-def _collate_planned(batches: list[list[dict]], pad_token_id: int, packed: bool) -> dict[str, torch.Tensor]:
-    (samples,) = batches  # the Trainer's batch of one planned micro-batch
-    return collate_packed(samples) if packed else collate(samples, pad_token_id=pad_token_id, padding_side="right")
+def learned_logits_only(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch with the model asked for logits only at the positions whose next token is learned (any row's):
+    ``logits_to_keep`` and the labels those positions predict (``shift_labels``, which the causal-LM loss and
+    the Trainer's ``num_items_in_batch`` take as they are). The loss is the same; the vocabulary projection,
+    the largest single term of a small model and gigabytes of logits for long visual sequences, is computed
+    for the answers only."""
+    labels = batch["labels"]
+    predicted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # the label after each position
+    keep = torch.nonzero((predicted != IGNORE_INDEX).any(dim=0)).flatten()
+    return {**batch, "logits_to_keep": keep, "shift_labels": predicted[:, keep]}
 
 
-def planned_collator(pad_token_id: int, packed: bool):
-    return functools.partial(_collate_planned, pad_token_id=pad_token_id, packed=packed)
+def training_collator(pad_token_id: int, planned: bool, packed: bool):
+    """What turns the Trainer's batch (samples, or one planned micro-batch) into model inputs."""
+    return functools.partial(_collate, pad_token_id=pad_token_id, planned=planned, packed=packed)
+
+
+def _collate(batch: list, pad_token_id: int, planned: bool, packed: bool) -> dict[str, torch.Tensor]:
+    if planned:
+        (batch,) = batch  # the Trainer's batch of one planned micro-batch
+    inputs = collate_packed(batch) if packed else collate(batch, pad_token_id=pad_token_id, padding_side="right")
+    return learned_logits_only(inputs)
