@@ -101,15 +101,15 @@ class PlannedBatches(torch.utils.data.Dataset):
 
 
 def learned_logits_only(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The batch with the model asked for logits only at the positions whose next token is learned (any row's):
-    ``logits_to_keep`` and the labels those positions predict (``shift_labels``, which the causal-LM loss and
-    the Trainer's ``num_items_in_batch`` take as they are). The loss is the same; the vocabulary projection,
-    the largest single term of a small model and gigabytes of logits for long visual sequences, is computed
-    for the answers only."""
+    """The batch with the model asked for logits only where the next token is learned: ``logits_to_keep`` (a
+    boolean mask, each row its own positions) and the labels those positions predict (``shift_labels``, which
+    the causal-LM loss and the Trainer's ``num_items_in_batch`` take as they are). The loss is the same; the
+    vocabulary projection (the largest single term of a small model, and gigabytes of logits for long visual
+    sequences) is computed for the answers only."""
     labels = batch["labels"]
     predicted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # the label after each position
-    keep = torch.nonzero((predicted != IGNORE_INDEX).any(dim=0)).flatten()
-    return {**batch, "logits_to_keep": keep, "shift_labels": predicted[:, keep]}
+    keep = predicted != IGNORE_INDEX
+    return {**batch, "logits_to_keep": keep, "shift_labels": predicted[keep]}
 
 
 def training_collator(pad_token_id: int, planned: bool, packed: bool):
