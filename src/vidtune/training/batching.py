@@ -88,7 +88,7 @@ def _count_tokens(processor, item: TrainItem) -> int:
 
 class PlannedBatches(torch.utils.data.Dataset):
     """A dataset whose items are whole micro-batches of a plan: a list of encoded samples each, which
-    :func:`planned_collator` makes one batch of (in the data-loading process)."""
+    :func:`training_collator` makes one batch of (in the data-loading process)."""
 
     def __init__(self, samples: torch.utils.data.Dataset, plan: list[list[int]]):
         self.samples, self.plan = samples, plan
