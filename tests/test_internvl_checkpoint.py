@@ -32,8 +32,9 @@ from vidtune.modeling import encode_sample, load_model, load_processor
 
 FIXTURES = REPO / "tests" / "data" / "internvl_original"
 BACKBONES = sorted(path.name for path in FIXTURES.iterdir() if (path / "reference.json").is_file())
-# The published checkpoints of each backbone keep a separate output layer (InternVL's config unties them);
-# InternVL3.5's Qwen3 dense models tie it (their own config keeps the LLM's tie_word_embeddings).
+# InternVL2/2.5/3's code unties every language model (its config class sets tie_word_embeddings false), so
+# their checkpoints carry an output layer; InternVL3.5's code keeps the LLM's own setting, and its small Qwen3
+# models (Qwen3-0.6B/1.7B/4B) are tied: the qwen3 fixture is.
 UNTIED = {"qwen2", "internlm2", "llama", "phi3", "qwen3_moe", "gpt_oss"}
 
 
