@@ -199,6 +199,10 @@ def test_each_key_makes_exactly_its_reach_stale(finished, after, leaf):
     finally:
         finished.write_config(base)
     declared = set(leaf.reaches)
+    if leaf.path == ("models", ANY, "path"):
+        # The copy is a native folder, used where it is: convert_model has a job only for a folder in InternVL's
+        # original layout (its reruns: tests/test_internvl_checkpoint.py).
+        declared.discard("convert_model")
     assert stale <= declared, f"{leaf.name} also makes {sorted(stale - declared)} stale"
     # Snakemake reports a job's own staleness only when nothing before it reruns (a job after a rerunning
     # one, or after a rerunning checkpoint, is simply planned): a declared rule it does not report must be
