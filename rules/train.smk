@@ -18,6 +18,7 @@ checkpoint check_training_data:
         model=run_model_folder,
     output:
         records=f"{RESULTS}/runs/{{run}}/training_data/{{dataset}}/train.jsonl",
+        lengths=f"{RESULTS}/runs/{{run}}/training_data/{{dataset}}/lengths.json",  # tokens per record
         rejects=f"{RESULTS}/runs/{{run}}/training_data/{{dataset}}/rejects.jsonl",
         summary=f"{RESULTS}/runs/{{run}}/training_data/{{dataset}}/summary.json",
     params:
@@ -98,6 +99,8 @@ rule train:
         # How often checkpoints are written and how many are kept: job settings, not the result.
         save_steps=lambda wildcards: config["runs"][wildcards.run]["training"]["save_steps"],
         save_total_limit=lambda wildcards: config["runs"][wildcards.run]["training"]["save_total_limit"],
+        # Loading processes per training process: the same batches in the same order for any count.
+        data_workers=lambda wildcards: config["runs"][wildcards.run]["training"]["data_workers"],
     conda:
         "../envs/vidtune.yaml"
     script:

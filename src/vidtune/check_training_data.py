@@ -9,8 +9,9 @@ truncate_frames`` a long video keeps the most frames that fit, spread evenly ove
 in InternVL's frame-list form.
 
 It runs per run and dataset (the check depends on the run's model and settings and on the dataset's
-records) and writes the accepted records (``train.jsonl``, untouched but for truncation), ``rejects.jsonl``
-and ``summary.json``. :func:`write_training_meta` then makes the run's ``meta.json`` of the checked records,
+records) and writes the accepted records (``train.jsonl``, untouched but for truncation), their lengths in
+tokens (``lengths.json``, in the same order: what length-grouped batches and packing plan with),
+``rejects.jsonl`` and ``summary.json``. :func:`write_training_meta` then makes the run's ``meta.json`` of the checked records,
 InternVL files again, which training reads without checking again; a check that accepts the same records as
 before (another ``max_seq_length`` that changes nothing) leaves training as it was.
 """
@@ -31,6 +32,7 @@ from vidtune.modeling import build_messages
 from vidtune.rejects import reason, reason_code
 
 log = logging.getLogger(__name__)
+LENGTHS = "lengths.json"  # beside the checked train.jsonl: each accepted record's tokens, in its order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +103,9 @@ def check_record(processor, record: dict, root: Path, max_dynamic_patch: int, ma
 
 def check_dataset(annotation: str | Path, root: str | Path, processor, out_dir: str | Path, *, dataset: str,
                   max_dynamic_patch: int, max_seq_length: int, over_length: str) -> dict:
-    """Check one dataset's training records; write ``train.jsonl`` (the accepted ones), ``rejects.jsonl`` and
-    ``summary.json`` under ``out_dir``; return the summary. Record paths stay relative to ``root``."""
+    """Check one dataset's training records; write ``train.jsonl`` (the accepted ones), ``lengths.json`` (their
+    token counts), ``rejects.jsonl`` and ``summary.json`` under ``out_dir``; return the summary. Record paths
+    stay relative to ``root``."""
     out_dir, file = Path(out_dir), str(annotation)
     records = read_jsonl(annotation)
     accepted, rejects, truncated, lengths, started = [], [], [], [], time.perf_counter()
@@ -128,6 +131,7 @@ def check_dataset(annotation: str | Path, root: str | Path, processor, out_dir: 
                "tokens": {"max_seq_length": max_seq_length, "longest": max(lengths, default=0),
                           "total": sum(lengths)}}
     write_jsonl(out_dir / "train.jsonl", accepted)
+    write_json(out_dir / LENGTHS, lengths)
     write_jsonl(out_dir / "rejects.jsonl", rejects)
     write_json(out_dir / "summary.json", summary)
     log.info("%s: %d of %d records accepted (%d truncated), %d left out: %s", dataset, len(accepted), len(records),
@@ -137,7 +141,8 @@ def check_dataset(annotation: str | Path, root: str | Path, processor, out_dir: 
 
 def write_training_meta(run_meta: str | Path, records: dict[str, Path], out_path: str | Path) -> dict:
     """The run's checked training data as an InternVL ``meta.json`` at ``out_path``: the run's entries, each
-    pointing at its dataset's checked records (``records[name]``) with their count; returns it. A dataset with
+    pointing at its dataset's checked records (``records[name]``) with their count, and at their token counts
+    (``lengths``: the check step's lengths.json beside them, where it is); returns it. A dataset with
     no record left is left out of the mix; none left at all fails, before any training job starts."""
     out_path = Path(out_path)
     meta, empty = {}, []
@@ -150,6 +155,8 @@ def write_training_meta(run_meta: str | Path, records: dict[str, Path], out_path
             continue
         meta[dataset.name] = {**dataset.entry, "root": os.path.relpath(dataset.root, out_path.parent) + os.sep,
                               "annotation": os.path.relpath(path, out_path.parent), "length": length}
+        if (path.parent / LENGTHS).is_file():
+            meta[dataset.name]["lengths"] = os.path.relpath(path.parent / LENGTHS, out_path.parent)
     if not meta:
         raise DataError(f"no training record is left in {', '.join(empty)}", file=str(run_meta),
                         fix="see rejects.jsonl beside each dataset's checked records: check the frames exist and that "
