@@ -10,7 +10,6 @@ per GPU (vidtune.training.launch), each running :func:`main`.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import TrainingArguments
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_pt_utils import get_model_param_count
@@ -30,21 +29,24 @@ from transformers.trainer_pt_utils import get_model_param_count
 from vidtune.atomic import atomic_dir, read_json, write_json
 from vidtune.errors import ConfigError, command_line
 from vidtune.internvl_checkpoint.convert import conversion_record
-from vidtune.modeling import collate, load_processor
+from vidtune.modeling import load_processor
 from vidtune.report import loss_curve
+from vidtune.training.batching import PlannedBatches, item_lengths, plan_batches, training_collator
 from vidtune.training.checkpoints import (CheckpointCallback, checkpoint_step, install_signal_handlers,
                                           latest_complete_checkpoint)
 from vidtune.training.data import EncodedDataset, training_items
 from vidtune.training.launch import cli_arguments, deepspeed_available, deepspeed_config, launch
+from vidtune.training.loading import BatchStats, MeasuredTrainer, dataloader_arguments, data_workers, job_threads
 from vidtune.training.model import check_weights_changed, prepare_model, trainable_fingerprints
 from vidtune.training.progress import ProgressLine
 from vidtune.training.settings import CUDA_ONLY_OPTIMIZERS, TrainingSettings
 
 
-def training_arguments(settings: TrainingSettings, checkpoints_dir: Path, num_samples: int,
-                       log: logging.Logger) -> TrainingArguments:
+def training_arguments(settings: TrainingSettings, checkpoints_dir: Path, num_batches: int, log: logging.Logger,
+                       batch_size: int | None = None, workers: int = 0) -> TrainingArguments:
     """The Trainer's arguments: vidtune's settings, then ``trainer_args`` (checked when the workflow was
-    parsed: none of them is a key set here, except the logging defaults disable_tqdm and report_to)."""
+    parsed: none of them is a key set here, except the logging defaults disable_tqdm and report_to).
+    ``num_batches`` items of the dataset, each of ``batch_size`` (1 where each item is a planned micro-batch)."""
     deepspeed = None
     if settings.deepspeed != "none":
         if deepspeed_available():
@@ -55,12 +57,12 @@ def training_arguments(settings: TrainingSettings, checkpoints_dir: Path, num_sa
     if settings.optim in CUDA_ONLY_OPTIMIZERS and not torch.cuda.is_available():
         raise ConfigError(f"optimizer {settings.optim} runs on CUDA only and this job has no GPU",
                           fix="train on a GPU (training.gpus 1 or more), or use adamw_torch or adamw_torch_fused")
-    warmup_steps = settings.warmup_steps(num_samples)
-    log.info("%d optimizer steps, the first %d warming up (warmup_ratio %g)", settings.total_steps(num_samples),
-             warmup_steps, settings.warmup_ratio)
+    warmup_steps = settings.warmup_steps(num_batches, batch_size)
+    log.info("%d optimizer steps, the first %d warming up (warmup_ratio %g)",
+             settings.total_steps(num_batches, batch_size), warmup_steps, settings.warmup_ratio)
     logging_defaults = {"report_to": "none", "disable_tqdm": True}
     return TrainingArguments(
-        output_dir=str(checkpoints_dir), per_device_train_batch_size=settings.batch_size,
+        output_dir=str(checkpoints_dir), per_device_train_batch_size=batch_size or settings.batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps, num_train_epochs=settings.epochs,
         max_steps=settings.max_steps, learning_rate=settings.learning_rate, weight_decay=settings.weight_decay,
         warmup_steps=warmup_steps, lr_scheduler_type=settings.lr_scheduler_type, optim=settings.optim,
@@ -69,7 +71,7 @@ def training_arguments(settings: TrainingSettings, checkpoints_dir: Path, num_sa
         activation_checkpointing_kwargs={"use_reentrant": False}, save_strategy="steps",
         save_steps=settings.save_steps, save_total_limit=settings.save_total_limit,
         logging_steps=settings.logging_steps, include_num_input_tokens_seen="non_padding",
-        remove_unused_columns=False, dataloader_num_workers=0, deepspeed=deepspeed,
+        remove_unused_columns=False, deepspeed=deepspeed, **dataloader_arguments(workers),
         use_cpu=not torch.cuda.is_available(), **{**logging_defaults, **settings.trainer_args})
 
 
@@ -99,18 +101,30 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, settings: TrainingSet
     if resume is not None:
         log.info("resuming from %s (step %d): optimizer, scheduler, RNG and data position restored",
                  resume, checkpoint_step(resume))
-    args = training_arguments(settings, out_dir / "checkpoints", len(items), log)
-    log.info("training on %s (bf16: %s)", args.device, settings.uses_bf16)
-    checkpointing, progress = CheckpointCallback(), ProgressLine(log)
-    callbacks = [checkpointing, progress]
+    samples = EncodedDataset(items, processor)
+    plan = None
+    if settings.batching != "fixed":
+        plan = plan_batches(item_lengths(items, processor, log), settings.batching, batch_size=settings.batch_size,
+                            tokens_per_batch=settings.tokens_per_batch,
+                            packing_max_tokens=settings.packing_max_tokens, seed=settings.seed)
+        samples = PlannedBatches(samples, plan)
+        log.info("batching: %s, %d micro-batches of %.1f samples on average", settings.batching, len(plan),
+                 len(items) / len(plan))
+    collator = training_collator(processor.tokenizer.pad_token_id, planned=plan is not None, packed=settings.packing)
+    workers = data_workers(settings.data_workers, job_threads(), int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    args = training_arguments(settings, out_dir / "checkpoints", len(plan) if plan else len(items), log,
+                              batch_size=1 if plan else None, workers=workers)
+    log.info("training on %s (bf16: %s, attention: %s, %d data-loading processes)", args.device,
+             settings.uses_bf16, settings.attention, workers)
+    batch_stats, checkpointing = BatchStats(), CheckpointCallback()
+    progress = ProgressLine(log, samples_per_batch=len(items) / len(plan) if plan else None)
+    callbacks = [batch_stats, checkpointing, progress]
     if args.process_index == 0:
         from torch.utils.tensorboard import SummaryWriter
 
         callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(out_dir / "runs"))))
-    trainer = Trainer(model=model, args=args, train_dataset=EncodedDataset(items, processor),
-                      data_collator=functools.partial(collate, pad_token_id=processor.tokenizer.pad_token_id,
-                                                      padding_side="right"),
-                      callbacks=callbacks)
+    trainer = MeasuredTrainer(model=model, args=args, train_dataset=samples, data_collator=collator,
+                              callbacks=callbacks, batch_stats=batch_stats)
     trainer.remove_callback(PrinterCallback)  # one dict per step on the terminal; ProgressLine instead
     restore_signals = install_signal_handlers(checkpointing.handle_signal)
     try:
@@ -129,6 +143,7 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, settings: TrainingSet
     trainer.save_model(str(staging))
     trainer.accelerator.wait_for_everyone()
     weights = check_weights_changed(model, before, staging)  # every process: ZeRO-3 gathers the weights
+    loaded = batch_stats.totals(trainer.accelerator)  # every process: a sum over them
     trainable, total = (model.get_nb_trainable_parameters() if hasattr(model, "get_nb_trainable_parameters")
                         else (get_model_param_count(model, True), get_model_param_count(model)))
     if not trainer.is_world_process_zero():
@@ -153,8 +168,12 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, settings: TrainingSet
         "method": settings.method, "steps": trainer.state.global_step,
         "steps_this_run": trainer.state.global_step - (checkpoint_step(resume) if resume else 0),
         "epochs": trainer.state.epoch, "train_seconds": round(seconds, 3),
-        "samples_per_s": result.metrics.get("train_samples_per_second"),
+        "samples_per_s": round(loaded["samples"] / seconds, 3) if seconds else None,
         "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
+        "batching": settings.batching, "micro_batches": len(plan) if plan else None,
+        "padding_share": loaded["padding_share"], "data_workers": workers,
+        "data_wait_s": round(loaded["data_wait_s"], 3),
+        "data_wait_share": round(loaded["data_wait_s"] / seconds, 4) if seconds else None,
         "peak_memory_gib": round(peak, 3), "peak_memory_kind": peak_kind,
         "trainable_params": trainable, "total_params": total, "num_samples": len(items),
         "final_loss": history[-1]["loss"] if history else None, "train_loss": result.training_loss,
@@ -168,8 +187,10 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, settings: TrainingSet
     write_json(out_dir / "loss.json", history)
     loss_curve(history, out_dir / "loss.png")
     write_json(out_dir / "train_summary.json", summary)
-    log.info("trained %d steps in %.1f s (%s samples/s, %s tokens/s, final loss %s)", summary["steps"], seconds,
-             summary["samples_per_s"], summary["tokens_per_s"], summary["final_loss"])
+    log.info("trained %d steps in %.1f s (%s samples/s, %s tokens/s, final loss %s); padding %.1f%% of the tokens, "
+             "%.1f%% of the time waiting for data", summary["steps"], seconds, summary["samples_per_s"],
+             summary["tokens_per_s"], summary["final_loss"], 100 * summary["padding_share"],
+             100 * (summary["data_wait_share"] or 0))
     return summary
 
 

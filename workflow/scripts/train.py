@@ -26,6 +26,7 @@ if claim_state_folder(out_dir / "checkpoints", current):  # once, before any tra
 trainer_args = snakemake.config["runs"][snakemake.wildcards.run]["training"]["trainer_args"]
 settings = TrainingSettings.from_config({**snakemake.params.training, "trainer_args": trainer_args,
                                         "save_steps": snakemake.resources.save_steps,
-                                        "save_total_limit": snakemake.resources.save_total_limit})
+                                        "save_total_limit": snakemake.resources.save_total_limit,
+                                        "data_workers": snakemake.resources.data_workers})
 summary = train_job(Path(snakemake.input.meta), Path(snakemake.input.model), out_dir, settings, log=log)
 log.info("summary: %s", summary)

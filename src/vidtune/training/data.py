@@ -1,9 +1,11 @@
 """The training data: the records of an InternVL meta.json (as the check_training_data step wrote it),
-repeated as its ``repeat_time`` says, and encoded on the fly by the model's own processor."""
+repeated as its ``repeat_time`` says, with their lengths in tokens where the check step counted them, and
+encoded on the fly by the model's own processor."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
 from pathlib import Path
@@ -25,6 +27,7 @@ class TrainItem:
     prompt: str
     target: str
     max_dynamic_patch: int
+    tokens: int | None = None  # text plus visual tokens, as the check step counted them
 
 
 def repeat_records(records: list[dict], repeat_time: float, seed: int) -> list[dict]:
@@ -34,7 +37,25 @@ def repeat_records(records: list[dict], repeat_time: float, seed: int) -> list[d
     return records * whole + extra
 
 
-def train_item(record: dict, dataset: MetaDataset) -> TrainItem:
+def record_lengths(dataset: MetaDataset, meta_dir: Path, count: int) -> list[int | None]:
+    """The check step's token count of each of the dataset's records (the entry's ``lengths`` file, in
+    record order), or None each where the entry has none."""
+    if "lengths" not in dataset.entry:
+        return [None] * count
+    path = meta_dir / dataset.entry["lengths"]
+    try:
+        lengths = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot read the token counts: {error}", file=str(path),
+                        fix="re-run the check_training_data step (snakemake reruns it)") from error
+    if not isinstance(lengths, list) or len(lengths) != count:
+        raise DataError(f"{len(lengths) if isinstance(lengths, list) else 'no'} token counts for {count} records "
+                        f"of {dataset.annotation}", file=str(path),
+                        fix="re-run the check_training_data step (snakemake reruns it)")
+    return lengths
+
+
+def train_item(record: dict, dataset: MetaDataset, tokens: int | None = None) -> TrainItem:
     """The item of one record; a record without an answer or media fails naming it (the check step leaves
     such records out, so this only happens to data that changed after it, or was never checked)."""
     file, record_id = str(dataset.annotation), str(record.get("id"))
@@ -43,7 +64,8 @@ def train_item(record: dict, dataset: MetaDataset) -> TrainItem:
     if text.target is None or not paths:
         raise DataError("no gpt turn" if text.target is None else "media not found", file=file, record=record_id,
                         fix="train on the check_training_data step's output (snakemake reruns it)")
-    return TrainItem(record_id, text.media_type, tuple(paths), text.prompt, text.target, dataset.max_dynamic_patch)
+    return TrainItem(record_id, text.media_type, tuple(paths), text.prompt, text.target, dataset.max_dynamic_patch,
+                     tokens)
 
 
 def training_items(meta_path: str | Path, seed: int, log: logging.Logger) -> tuple[list[TrainItem], dict]:
@@ -52,8 +74,10 @@ def training_items(meta_path: str | Path, seed: int, log: logging.Logger) -> tup
     items, datasets = [], {}
     for dataset in read_meta(meta_path):
         datasets[dataset.name] = dataset.model_settings
-        items += [train_item(record, dataset)
-                  for record in repeat_records(dataset.records(), dataset.repeat_time, seed)]
+        records = dataset.records()
+        counted = list(zip(records, record_lengths(dataset, Path(meta_path).parent, len(records))))
+        items += [train_item(record, dataset, tokens)
+                  for record, tokens in repeat_records(counted, dataset.repeat_time, seed)]
     if not items:
         raise DataError("no training sample", file=str(meta_path),
                         fix="see the check step's rejects.jsonl: every sample was left out")

@@ -58,6 +58,11 @@ def prepare_model(model_dir: Path, settings: TrainingSettings, log: logging.Logg
         base_dtype = torch.bfloat16 if bf16 and method == "lora" else torch.float32
         model = load_model(model_dir, dtype=base_dtype)
     model.config.use_cache = False
+    # The language model reads its own config: with a cache, transformers would not build the block-diagonal
+    # mask of packed rows (masking_utils) and samples would attend across their boundaries.
+    model.config.get_text_config().use_cache = False
+    if settings.attention != model.config._attn_implementation:
+        model.set_attn_implementation(settings.attention)  # packed rows: flash-attention's varlen kernel
     if method == "full":
         frozen = {"vision": settings.freeze_vision, "projector": settings.freeze_projector,
                   "language": settings.freeze_language}

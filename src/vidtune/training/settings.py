@@ -82,6 +82,13 @@ class TrainingSettings:
     offload: bool
     runtime_min: int
     trainer_args: dict
+    # Batching, packing and data loading (vidtune.training.batching, .packing, .loading).
+    group_by_length: bool
+    tokens_per_batch: int
+    packing: bool
+    packing_max_tokens: int
+    data_workers: int | str
+    attention: str
 
     @classmethod
     def from_config(cls, training: dict) -> TrainingSettings:
@@ -92,9 +99,13 @@ class TrainingSettings:
             raise ConfigError(f"unknown training settings {unknown}", fix="see runs.<run>.training in the schema")
         lora = {**schema_defaults("lora"), **values.get("lora", {})}
         try:
-            return cls(**{**values, "lora": LoraSettings(**lora)})
+            settings = cls(**{**values, "lora": LoraSettings(**lora)})
         except TypeError as error:
             raise ConfigError(f"training settings: {error}", fix="see runs.<run>.training in the schema") from None
+        if settings.packing and (settings.group_by_length or settings.tokens_per_batch):
+            raise ConfigError("packing makes its own micro-batches: group_by_length and tokens_per_batch don't apply",
+                              fix="set packing: false, or leave group_by_length and tokens_per_batch out")
+        return settings
 
     @classmethod
     def read(cls, path: str | Path) -> TrainingSettings:
@@ -108,6 +119,16 @@ class TrainingSettings:
         return max(1, self.gpus)
 
     @property
+    def batching(self) -> str:
+        """How micro-batches are made: ``fixed`` (batch_size samples, the Trainer's sampler), ``group_by_length``,
+        ``tokens_per_batch`` or ``packing``."""
+        if self.packing:
+            return "packing"
+        if self.tokens_per_batch:
+            return "tokens_per_batch"
+        return "group_by_length" if self.group_by_length else "fixed"
+
+    @property
     def uses_bf16(self) -> bool:
         """bf16 where asked, or (auto) where the GPU supports it."""
         import torch
@@ -116,20 +137,22 @@ class TrainingSettings:
             return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         return self.bf16 == "true"
 
-    def total_steps(self, num_samples: int) -> int:
+    def total_steps(self, num_items: int, batch_size: int | None = None) -> int:
         """Optimizer steps of the whole training, counted as the Trainer counts them: ``max_steps``, or the
-        epochs over each process's share of the batches (the accelerate data loader deals whole batches)."""
+        epochs over each process's share of the batches (the accelerate data loader deals whole batches).
+        ``num_items`` dataset items of ``batch_size`` each: samples (batch_size samples a batch), or planned
+        micro-batches (batch_size 1)."""
         if self.max_steps > 0:
             return self.max_steps
         processes = self.nodes * self.processes_per_node
-        batches = math.ceil(math.ceil(num_samples / self.batch_size) / processes)
+        batches = math.ceil(math.ceil(num_items / (batch_size or self.batch_size)) / processes)
         per_epoch = max(1, math.ceil(batches / self.gradient_accumulation_steps))
         return math.ceil(self.epochs * per_epoch)
 
-    def warmup_steps(self, num_samples: int) -> int:
+    def warmup_steps(self, num_items: int, batch_size: int | None = None) -> int:
         """``warmup_ratio`` of the total steps as a whole number of steps (1.0: every step warms up).
         transformers reads a float >= 1 as a step count and one below 1 as a ratio, so vidtune passes steps."""
-        return math.ceil(self.warmup_ratio * self.total_steps(num_samples))
+        return math.ceil(self.warmup_ratio * self.total_steps(num_items, batch_size))
 
 
 # --- trainer_args ------------------------------------------------------------------------------------------

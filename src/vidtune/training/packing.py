@@ -1,0 +1,73 @@
+"""Padding-free packing: several whole samples in one row, trained as if each were alone.
+
+A packed row is the samples' tokens one after the other, with ``position_ids`` restarting at 0 for each
+sample and no ``attention_mask``: transformers (masking_utils.find_packed_sequence_indices) then builds a
+block-diagonal causal mask from the restarting positions for sdpa, eager and flex attention, and
+flash-attention's variable-length kernel takes the same positions (a batch of one row), so no token attends
+across a sample boundary. The labels are each sample's own; a sample's first label is -100 (its first token
+is never predicted, alone or packed), so the row's last token of one sample never learns the next sample's
+first. Each sample's tiles (``pixel_values``) follow in the samples' order, which is the order of their image
+tokens in the row. The loss is per token over the row (the Trainer's ``num_items_in_batch``: the answer
+tokens of the whole step), so a packed step weighs every token as a padded step of the same samples does.
+
+InternVL's language models take 1-D positions; a family with 3-D (Qwen2-VL-style) positions would build them
+per sample from its own inputs and restart them the same way.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import torch
+
+from vidtune.modeling import IGNORE_INDEX
+
+OPEN_ROWS = 64  # rows still filled at once: a sample goes to the first of them with room (first fit)
+
+
+def plan_rows(lengths: Sequence[int], max_tokens: int, seed: int) -> list[list[int]]:
+    """Packed rows of sample indices, each at most ``max_tokens`` tokens (a longer sample gets a row of its
+    own): the samples in a seeded random order, each put into the first of the last ``OPEN_ROWS`` rows with
+    room (first fit over a window: near-full rows, linear time)."""
+    order = list(range(len(lengths)))
+    random.Random(seed).shuffle(order)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    first_open = 0
+    for index in order:
+        length = lengths[index]
+        for row in range(first_open, len(rows)):
+            if room[row] >= length:
+                rows[row].append(index)
+                room[row] -= length
+                break
+        else:
+            rows.append([index])
+            room.append(max_tokens - length)
+            first_open = max(first_open, len(rows) - OPEN_ROWS)
+    return rows
+
+
+def restarting_positions(lengths: Sequence[int]) -> torch.Tensor:
+    """0..n-1 for each sample, one after the other."""
+    return torch.cat([torch.arange(length) for length in lengths])
+
+
+def collate_packed(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One packed row (batch of one) of encoded samples: input_ids, labels, position_ids, pixel_values."""
+    labels = []
+    for sample in samples:
+        own = sample.get("labels", torch.full_like(sample["input_ids"], IGNORE_INDEX)).clone()
+        own[0] = IGNORE_INDEX
+        labels.append(own)
+    return {"input_ids": torch.cat([sample["input_ids"] for sample in samples])[None],
+            "labels": torch.cat(labels)[None],
+            "position_ids": restarting_positions([len(sample["input_ids"]) for sample in samples])[None],
+            "pixel_values": torch.cat([sample["pixel_values"] for sample in samples])}
+
+
+def sample_spans(position_ids: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, end) of every sample of a packed row, from its restarting positions."""
+    starts = [int(index) for index in torch.nonzero(position_ids.reshape(-1) == 0).flatten()]
+    return list(zip(starts, starts[1:] + [position_ids.numel()]))
