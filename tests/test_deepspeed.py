@@ -180,8 +180,8 @@ def test_zero3_weights_check_sees_through_shards(tiny, data, tmp_path):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("deepspeed", ["none", "zero2", "zero3"])
-def test_two_processes_under_torchrun(deepspeed, tiny, data, tmp_path):
+@pytest.mark.parametrize("deepspeed, packing", [("none", False), ("zero2", False), ("zero3", False), ("zero3", True)])
+def test_two_processes_under_torchrun(deepspeed, packing, tiny, data, tmp_path):
     # What the train rule does with gpus: 2. Without GPUs torchrun's two processes train on CPU over gloo;
     # with ZeRO-3 both take part in gathering the shards for saving and for the weights check.
     _, meta = data
@@ -189,12 +189,16 @@ def test_two_processes_under_torchrun(deepspeed, tiny, data, tmp_path):
     log = logging.getLogger(f"test.torchrun.{deepspeed}")
     log.setLevel(logging.INFO)
     log.addHandler(logging.FileHandler(log_file))
-    training = {**QUICK, "batch_size": 2, "gpus": 2, "deepspeed": deepspeed}
+    # Packed: rows of about 2 samples (issue 23), one row per process and step.
+    training = {**QUICK, "gpus": 2, "deepspeed": deepspeed,
+                **({"packing": True, "packing_max_tokens": 120} if packing else {"batch_size": 2})}
     summary = train_job(meta, tiny, tmp_path / "train", _settings(**training), log=log)
     text = log_file.read_text()
     assert "torch.distributed.run" in text and "--nproc_per_node=2" in text and "8 training samples" in text
     # 8 samples over 2 processes x 2 per batch: 2 steps an epoch, 4 in all, each of 4 samples.
-    assert summary["steps"] == 4 and summary["deepspeed"] == deepspeed
+    assert summary["deepspeed"] == deepspeed and summary["steps"] == (2 * -(-summary["micro_batches"] // 2)
+                                                                      if packing else 4)
+    assert summary["padding_share"] == 0.0 if packing else summary["padding_share"] > 0
     assert summary["samples_per_s"] * summary["train_seconds"] == pytest.approx(16, rel=0.01)
     # tokens/s counts both processes' tokens: every sample's real tokens, twice (2 epochs).
     processor = load_processor(tiny)
