@@ -4,7 +4,9 @@
 #      merging and both predictions ran on CUDA;
 #   2. the stock InternVLProcessor path (torchvision installed) against vidtune's image-only processor;
 #   3. benchmarks/train_gpu.py: the workflow's training step at the InternVL3-8B shape (LoRA bf16, QLoRA)
-#      and prediction; its last line is one JSON object.
+#      and prediction; its last line is one JSON object;
+#   4. benchmarks/train_throughput.py at the InternVL3-8B shape with flash-attention (sdpa where the flash-attn
+#      package is missing; the log says which): padded baseline, length grouping and packing, one JSON line.
 #
 #   bash benchmarks/gpu_check.sh                      # with a Python that has vidtune's requirements
 #   WHEELS=/path/to/wheels bash benchmarks/gpu_check.sh   # first installs them (and torchvision) offline
@@ -80,4 +82,15 @@ else
         --workdir "$OUT" | tee "$OUT/train_gpu.log"
 fi
 tail -1 "$OUT/train_gpu.log" > "$OUT/train_gpu.json"
-step "done: $OUT/train_gpu.json"
+
+# --- 4. Throughput of padded, length-grouped and packed batches --------------------------------------------
+if [ "$GPU" = 1 ]; then
+    ATTENTION=$("$PYTHON" -c "import flash_attn" 2>/dev/null && echo flash_attention_2 || echo sdpa)
+    step "benchmarks/train_throughput.py (attention: $ATTENTION)"
+    "$PYTHON" "$REPO/benchmarks/train_throughput.py" --attention "$ATTENTION" --workdir "$OUT" \
+        | tee "$OUT/train_throughput.log"
+    tail -1 "$OUT/train_throughput.log" > "$OUT/train_throughput.json"
+else
+    step "benchmarks/train_throughput.py: skipped without a GPU (run it by itself on a CPU: about an hour)"
+fi
+step "done: $OUT/train_gpu.json $([ "$GPU" = 1 ] && echo "$OUT/train_throughput.json")"
