@@ -156,6 +156,39 @@ def train_memory(wildcards, attempt):
     return job_resources.train_memory_mb(size, config["runs"][wildcards.run]["training"], attempt)
 
 
+def site_resource(rule, name):
+    """A constant the profile's site block gives `rule` (its set-resources, else default-resources), or None
+    (no such line, or no profile)."""
+    settings = workflow.resource_settings
+    for resources in ((settings.overwrite_resources or {}).get(rule) or {}, settings.default_resources or {}):
+        value = resources.get(name)
+        value = getattr(value, "value", value)  # Snakemake's parsed Resource, or a plain value (the API)
+        if value is not None:
+            return value
+    return None
+
+
+def train_runtime(needed_only=False):
+    """resources: the time limit (minutes) of a train job, from its steps and the data its files show now
+    (Snakemake evaluates it again when the job's inputs exist, before submitting it), larger on a retry and
+    never above the site block's `runtime_limit` (training resumes from its checkpoints); with needed_only,
+    what the steps need, before the retry and the limit (the preflight's note)."""
+
+    def runtime(wildcards, attempt):
+        run = config["runs"][wildcards.run]
+        size = model_size(run["model"])
+        data = job_resources.training_data(
+            expand(rules.check_training_data.output.lengths, run=wildcards.run, dataset=run["datasets"]),
+            expand(rules.internvl_files.output.train, dataset=run["datasets"]),
+        )
+        if needed_only:
+            return job_resources.train_runtime_needed_min(size, run["training"], data)
+        limit = site_resource("train", "runtime_limit")
+        return job_resources.train_runtime_min(size, run["training"], data, attempt, limit and int(limit))
+
+    return runtime
+
+
 def streaming_memory(folder_of):
     """resources: mem_mb of a job that converts the checkpoint folder_of(wildcards) one weight file at a time."""
     return lambda wildcards, attempt: job_resources.streaming_memory_mb(
