@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -97,3 +98,73 @@ def test_streaming_memory_follows_the_largest_file():
     assert resources.streaming_memory_mb(int(4.08e9)) * resources.MB > 7.3e9
     assert resources.streaming_memory_mb(5 * 2**30) == resources.STREAM_FIXED_MB + 3 * 5 * 1024
     assert resources.streaming_memory_mb(5 * 2**30, attempt=2) == 2 * (resources.STREAM_FIXED_MB + 15 * 1024)
+
+
+# --- Time limits ----------------------------------------------------------------------------------------------
+
+def training(**settings) -> dict:
+    return {**schema_defaults("training"), **settings}
+
+
+def test_training_data_from_the_files_that_exist(tmp_path):
+    lengths = [tmp_path / "a_lengths.json", tmp_path / "b_lengths.json"]
+    records = [tmp_path / "a_train.jsonl", tmp_path / "b_train.jsonl"]
+    assert resources.training_data(lengths, records) == resources.TrainingData(None, None)
+    for path, count in zip(records, (3, 2)):
+        path.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(count)))
+    assert resources.training_data(lengths, records) == resources.TrainingData(5, None)  # records, no tokens
+    lengths[0].write_text(json.dumps([100, 200]))
+    assert resources.training_data(lengths, records).tokens is None  # one dataset is not checked yet
+    lengths[1].write_text(json.dumps([300]))
+    assert resources.training_data(lengths, records) == resources.TrainingData(3, 600)  # the checked ones
+
+
+def test_runtime_from_the_steps():
+    data = resources.TrainingData(samples=24, tokens=24 * 133)  # the demo's training data
+    demo = training(epochs=150, batch_size=4)
+    # 900 steps of 4 samples of 133 tokens on the CPU: the step overhead dominates; the floor does not apply.
+    step = resources.train_step_seconds(TINY, 4 * 133, 1, False, demo)
+    assert step == pytest.approx(resources.STEP_OVERHEAD_S + 4 * 133 * 275_000 * 1.5e-10)
+    expected = resources.RUNTIME_MARGIN * (resources.STARTUP_S + TINY.weight_bytes / 200e6 + 900 * step) / 60
+    assert resources.train_runtime_needed_min(TINY, demo, data) == math.ceil(expected)
+    # Twice the epochs, about twice the time; max_steps counts instead of the epochs.
+    assert resources.train_runtime_needed_min(TINY, {**demo, "epochs": 300}, data) > 1.8 * (expected - 5)
+    assert resources.train_runtime_needed_min(TINY, {**demo, "max_steps": 90}, data) < expected / 3
+    # An 8B model: the tokens x parameters term; four GPUs share a step's tokens; full finetuning costs more.
+    big = resources.TrainingData(samples=10_000, tokens=10_000 * 2_000)
+    one_gpu = resources.train_runtime_needed_min(EIGHT_B, training(gpus=1), big)
+    expected_8b = 8e9 * 2e7 * 4 / 80e12 + 10_000 * resources.STEP_OVERHEAD_S  # 8e9 parameters, 2e7 tokens
+    assert one_gpu == pytest.approx(resources.RUNTIME_MARGIN * (expected_8b + 200) / 60, rel=0.01)
+    four_gpus = resources.train_runtime_needed_min(EIGHT_B, training(gpus=4), big)
+    assert four_gpus == pytest.approx(one_gpu / 4, rel=0.05)
+    assert resources.train_runtime_needed_min(EIGHT_B, training(gpus=1, method="full"), big) > 1.4 * one_gpu
+    assert resources.train_runtime_needed_min(EIGHT_B, training(gpus=1), big) < \
+        resources.train_runtime_needed_min(EIGHT_B, training(gpus=0), big) / 1000  # a CPU is far slower
+
+
+def test_runtime_before_the_data_exists():
+    unknown = resources.TrainingData(None, None)
+    assert resources.train_runtime_needed_min(TINY, training(), unknown) == resources.UNKNOWN_DATA_RUNTIME_MIN
+    # max_steps needs no sample count: max_seq_length tokens a sample are assumed.
+    steps = resources.train_runtime_needed_min(EIGHT_B, training(gpus=1, max_steps=1000), unknown)
+    assert steps == math.ceil(resources.RUNTIME_MARGIN / 60 * (
+        200 + 1000 * resources.train_step_seconds(EIGHT_B, 8192, 1, True, training())))
+    # records known but not their tokens: max_seq_length each, an upper bound
+    counted = resources.TrainingData(1000, None)
+    assert resources.train_runtime_needed_min(EIGHT_B, training(gpus=1), counted) > \
+        resources.train_runtime_needed_min(EIGHT_B, training(gpus=1), resources.TrainingData(1000, 1000 * 2000))
+
+
+def test_runtime_floor_retry_cap_and_override():
+    data = resources.TrainingData(8, 8 * 100)
+    assert resources.train_runtime_needed_min(TINY, training(max_steps=3), data) == resources.RUNTIME_FLOOR_MIN
+    big = resources.TrainingData(100_000, 100_000 * 2_000)
+    first = resources.train_runtime_min(EIGHT_B, training(gpus=1), big)
+    assert first > 600
+    assert resources.train_runtime_min(EIGHT_B, training(gpus=1), big, attempt=2) == first * resources.RETRY_FACTOR
+    assert resources.train_runtime_min(EIGHT_B, training(gpus=1), big, attempt=2, limit_min=240) == 240
+    assert resources.train_runtime_min(TINY, training(max_steps=3), data, limit_min=240) == resources.RUNTIME_FLOOR_MIN
+    # training.runtime_min as a number overrides the computation (old configs keep their limit), still capped.
+    assert resources.train_runtime_min(EIGHT_B, training(gpus=1, runtime_min=720), big) == 720
+    assert resources.train_runtime_min(EIGHT_B, training(runtime_min=720), big, limit_min=240) == 240
+    assert schema_defaults("training")["runtime_min"] == "auto"
