@@ -206,9 +206,11 @@ def internvl_parameters(text: dict, vision: dict) -> int:
 #   GPU: an estimate, not a measurement (no GPU was lent): 4 FLOPs per token and parameter for LoRA at an
 #   effective 80 TFLOP/s (a quarter of an A100's bf16 peak, a twelfth of an H100's).
 SECONDS_PER_TOKEN_PARAMETER = {"cpu": 1.5e-10, "gpu": 4 / 80e12}
-# Step overhead: the demo's tiny model (0.3M parameters, computing next to nothing) trained 0.1 s a step on the
-# CPU (results/runs/demo/train/train_summary.json: 900 steps, train_seconds); a GPU step's is no larger.
-STEP_OVERHEAD_S = 0.15
+# A step's fixed part (data loading, the optimizer, logging). CPU: measured, the demo's tiny model (0.34M
+# parameters: its tokens cost 0.03 s a step by the figure above) trained 900 steps in 921 s on the shared
+# machine under load (its train_summary.json: steps, train_seconds; about 0.2 s a step when less loaded).
+# GPU: an estimate (the frames are decoded by the data-loading workers while the GPU computes).
+STEP_OVERHEAD_S = {"cpu": 1.0, "gpu": 0.25}
 # Start-up and the end: Python and torch, the data, the model read at STARTUP_READ_BYTES_PER_S from a shared
 # file system, the final save.
 STARTUP_S = 120
@@ -250,11 +252,12 @@ def training_data(lengths_files: list[str | Path], records_files: list[str | Pat
 def train_step_seconds(size: ModelSize, tokens_per_step: float, processes: int, gpu: bool,
                        training: dict) -> float:
     """Seconds of one optimizer step of ``tokens_per_step`` tokens (all processes together)."""
-    cost = SECONDS_PER_TOKEN_PARAMETER["gpu" if gpu else "cpu"] * METHOD_FACTOR[training["method"]]
+    device = "gpu" if gpu else "cpu"
+    cost = SECONDS_PER_TOKEN_PARAMETER[device] * METHOD_FACTOR[training["method"]]
     if training.get("gradient_checkpointing"):
         cost *= GRADIENT_CHECKPOINTING_FACTOR
     parameters = size.weight_bytes / size.dtype_bytes
-    return STEP_OVERHEAD_S + tokens_per_step / processes * parameters * cost
+    return STEP_OVERHEAD_S[device] + tokens_per_step / processes * parameters * cost
 
 
 def train_runtime_needed_min(size: ModelSize, training: dict, data: TrainingData) -> int:
