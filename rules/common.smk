@@ -18,7 +18,7 @@ from vidtune.internvl_checkpoint.layout import is_original_layout
 from vidtune.prediction_shards import evaluation_key, prediction_settings
 from vidtune.reach import ANY, settings_for
 from vidtune import resources as job_resources
-from vidtune.slurm_preflight import PreflightError, explain_refusals, preflight
+from vidtune.slurm_preflight import PreflightError, explain_refusals, parse_minutes, preflight
 from vidtune.sweeps import expand_sweeps
 
 validate(config, schema="../workflow/schemas/config.schema.yaml", set_default=True)
@@ -183,8 +183,9 @@ def train_runtime(needed_only=False):
         )
         if needed_only:
             return job_resources.train_runtime_needed_min(size, run["training"], data)
-        limit = site_resource("train", "runtime_limit")
-        return job_resources.train_runtime_min(size, run["training"], data, attempt, limit and int(limit))
+        limit = site_resource("train", "runtime_limit")  # minutes; a string in SLURM's notation works too
+        limit_min = None if limit is None else parse_minutes(str(limit))
+        return job_resources.train_runtime_min(size, run["training"], data, attempt, limit_min)
 
     return runtime
 
