@@ -322,8 +322,10 @@ def capped_notes(requests: Iterable[Request]) -> list[str]:
     for request in requests:
         needed, asked = request.runtime_needed_min, request.runtime_min
         if request.rule in RESUMING_RULES and needed and asked and needed > asked:
+            limit = (f"`set-resources: {request.rule}: runtime` in {SITE_BLOCK}" if "runtime" in request.overridden
+                     else f"`runtime_limit` in {SITE_BLOCK}, or a number in runs.<run>.training.runtime_min")
             lines.append(f"{request.name}: needs about {needed} min (estimated from its steps; docs/training.md, "
-                         f"\"Job time limits\"), asks {asked} min (`runtime_limit` in {SITE_BLOCK}): it stops at "
+                         f"\"Job time limits\"), asks {asked} min ({limit}): it stops at "
                          f"the limit and resumes from its last checkpoint, about {math.ceil(needed / asked)} jobs "
                          "in all (Snakemake retries it once per run: run the same command again until it finishes)")
     return lines
