@@ -107,6 +107,12 @@ def test_time_limit_of_the_partition(small):
                                 _overridden={"slurm_partition"})], small)
     assert "asks 720 min, partition gpuq allows 240 min" in line and "it fits partition cpuq" in line
     assert "`runtime_limit: 240` under `set-resources: train:`" in line and "resumes from its last checkpoint" in line
+    # A runtime_limit above MaxTime, whatever the training asks now: once its data exists it may ask that much.
+    (line,) = pf.check([request("train", wildcards={"run": "demo"}, slurm_partition="gpuq", runtime=10,
+                                runtime_limit=1440)], small)
+    assert "may ask up to 1440 min (`runtime_limit`), partition gpuq allows 240 min" in line
+    assert "`runtime_limit: 240` under `set-resources: train:`" in line
+    assert pf.check([request("train", slurm_partition="gpuq", runtime=240, runtime_limit=240)], small) == []
     (line,) = pf.check([request("train", wildcards={"run": "demo"}, slurm_partition="gpuq", runtime=720,
                                 _overridden={"slurm_partition", "runtime"})], small)
     assert "`set-resources: train: runtime: 240`" in line
@@ -173,6 +179,9 @@ def test_request_as_the_plugin_submits_it():
     assert (job.nodes, job.cpus_per_node, job.gpus, job.gpu_model, job.mem_mb) == (2, 8, 4, None, 64000)
     job = pf.request_from_resources("x", {}, 2, {"mem_mb_per_cpu": 1000, "runtime": 120, "cpus_per_task": 4})
     assert (job.cpus_per_node, job.mem_mb, job.runtime_min, job.name) == (4, 4000, 120, "x")
+    assert job.runtime_needed_min is None and job.runtime_limit_min is None
+    job = pf.request_from_resources("train", {}, 1, {"runtime": 240, "runtime_needed": 900, "runtime_limit": 240})
+    assert (job.runtime_min, job.runtime_needed_min, job.runtime_limit_min) == (240, 900, 240)
 
 
 def test_refusals_from_the_log():

@@ -206,6 +206,7 @@ class Request:
     account: str | None
     overridden: frozenset[str] = field(default_factory=frozenset)  # resources set in the profile's set-resources
     runtime_needed_min: int | None = None  # what the work needs by its steps, before a cap (train)
+    runtime_limit_min: int | None = None  # the cap of a job that resumes (the site block's runtime_limit)
 
     @property
     def name(self) -> str:
@@ -232,7 +233,8 @@ def request_from_resources(rule: str, wildcards: Mapping[str, str], threads: int
                    gpus=gpu or gres_gpus, gpu_model=(resources.get("gpu_model") or None) if gpu else None,
                    nodes=nodes, account=str(account) if account else None, overridden=frozenset(overridden),
                    runtime_needed_min=None if resources.get("runtime_needed") is None
-                   else int(resources["runtime_needed"]))
+                   else int(resources["runtime_needed"]),
+                   runtime_limit_min=parse_minutes(str(resources.get("runtime_limit") or "")))
 
 
 # --- The check ------------------------------------------------------------------------------------------------
@@ -302,11 +304,17 @@ def _job_problems(request: Request, partition: Partition) -> list[str]:
             problems.append(f"asks {request.nodes} nodes of {request.cpus_per_node} CPUs, "
                             f"{_mb(request.mem_mb or 0)} and {request.gpus} GPU(s), partition {name} has "
                             f"{len(fitting)} such nodes; lower runs.<run>.training.nodes in your config")
-    if request.runtime_min and partition.max_time_min and request.runtime_min > partition.max_time_min:
-        limit = partition.max_time_min
-        if request.rule in RESUMING_RULES and "runtime" not in request.overridden:
-            fix = (f"set `runtime_limit: {limit}` under `set-resources: {request.rule}:` in {SITE_BLOCK}: a "
-                   "longer training stops at the limit and resumes from its last checkpoint")
+    limit = partition.max_time_min
+    capped = request.rule in RESUMING_RULES and "runtime" not in request.overridden
+    cap_fix = (f"set `runtime_limit: {limit}` under `set-resources: {request.rule}:` in {SITE_BLOCK}: a longer "
+               "training stops at the limit and resumes from its last checkpoint")
+    if capped and limit and request.runtime_limit_min and request.runtime_limit_min > limit:
+        # Checked whatever it asks now: once its data exists it may ask up to the cap.
+        problems.append(f"may ask up to {request.runtime_limit_min} min (`runtime_limit`), partition {name} allows "
+                        f"{limit} min (MaxTime); {cap_fix}")
+    elif request.runtime_min and limit and request.runtime_min > limit:
+        if capped:
+            fix = cap_fix
         else:
             fix = f"set `set-resources: {request.rule}: runtime: {limit}` in {SITE_BLOCK}"
             if request.rule in RESUMING_RULES:
