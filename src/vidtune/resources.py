@@ -1,4 +1,5 @@
-"""What a job asks SLURM (or a local scheduler) for, sized from the work: memory from the model's size.
+"""What a job asks SLURM (or a local scheduler) for, sized from the work: memory from the model's size, and the
+train job's time limit from its steps (:func:`train_runtime_min`; docs/training.md, "Job time limits").
 
 A model job's peak memory is a fixed cost (Python, torch, transformers), a multiple of the bytes of the
 model's weights, and activations that grow with the vocabulary (the logits of a sample: the training loss, the
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vidtune.config import schema_defaults
+from vidtune.training.settings import TrainingSettings
 
 MB = 2**20
 FLOOR_MB = 1000  # no job asks for less: Python with torch alone takes about half of it
@@ -263,8 +265,6 @@ def train_step_seconds(size: ModelSize, tokens_per_step: float, processes: int, 
 def train_runtime_needed_min(size: ModelSize, training: dict, data: TrainingData) -> int:
     """Minutes a train job needs by its steps (with :data:`RUNTIME_MARGIN` and the floor, before a retry or a
     cap). ``training``: the run's validated training section."""
-    from vidtune.training.settings import TrainingSettings  # imports nothing heavy
-
     settings = TrainingSettings.from_config(training)
     if data.samples is None and settings.max_steps <= 0:
         return UNKNOWN_DATA_RUNTIME_MIN
