@@ -2,8 +2,7 @@
 node of 2 CPUs and 20 GB with memory enforced by cgroups, partitions cpuq and gpuq (4 h limit, untyped GPUs),
 no accounting database.
 
-A new user edits only the profile's site block, as in the issue (partitions, no account line, no GPU type),
-and sets the GPU partition's time limit there.
+A new user edits only the profile's site block, as in the issue (partitions, no account line, no GPU type).
 The first run stops before anything is submitted, naming the jobs that could never start and the setting to
 change; with the changes it names, the reduced demo runs through SLURM to the report.
 """
@@ -44,7 +43,6 @@ def new_user_profile(folder: Path) -> Path:
     text = site_block_edit(text, "  slurm_partition: cpu\n", "  slurm_partition: cpuq\n")
     text = site_block_edit(text, "    slurm_partition: gpu\n", "    slurm_partition: gpuq\n")
     text = site_block_edit(text, "    gpu_model: a100\n", "")
-    text = site_block_edit(text, "    runtime_limit: 1440\n", "    runtime_limit: 240\n")  # gpuq's MaxTime
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(text)
     return folder
@@ -77,8 +75,10 @@ def small_run(small_slurm_cluster, tmp_path_factory):  # noqa: F811 - the fixtur
     # The changes the preflight names, made in the site block.
     text = (profile / "config.yaml").read_text()
     threads = re.search(r"`set-threads: extract_frames: (\d+)`", first_output)
-    assert threads, first_output[-3000:]
+    runtime_limit = re.search(r"`runtime_limit: (\d+)` under `set-resources: train:`", first_output)
+    assert threads and runtime_limit, first_output[-3000:]
     text = site_block_edit(text, "  extract_frames: 8\n", f"  extract_frames: {threads.group(1)}\n")
+    text = site_block_edit(text, "    runtime_limit: 1440\n", f"    runtime_limit: {runtime_limit.group(1)}\n")
     (profile / "config.yaml").write_text(text)
     started = time.monotonic()
     second = run(workflow, cluster, profile, "train_all")
@@ -94,10 +94,11 @@ def test_preflight_stops_before_submitting_and_names_the_setting(small_run):
     frames = [line for line in lines if line.startswith("extract_frames (dataset=demo, shard=")]
     assert len(frames) == 2 and all("asks 8 CPUs, the nodes of partition cpuq have at most 2" in line
                                     for line in frames), first[-3000:]
-    # Every other job fits: only these two lines. The training's time limit follows its steps (3 of them here),
-    # at most the site block's runtime_limit.
-    assert not [line for line in lines if line.startswith("train (run=demo)")]
-    assert "2 problem(s): these jobs can never run on this cluster, nothing was submitted" in first
+    # The training's limit follows its steps, capped at the site block's runtime_limit: the cap is checked.
+    (train,) = [line for line in lines if line.startswith("train (run=demo)")]
+    assert "may ask up to 1440 min (`runtime_limit`), partition gpuq allows 240 min" in train
+    # Every other job fits: only these three lines.
+    assert "3 problem(s): these jobs can never run on this cluster, nothing was submitted" in first
 
 
 def test_the_demo_runs_through_slurm_after_the_change(small_run, small_slurm_cluster):  # noqa: F811
@@ -111,7 +112,7 @@ def test_the_demo_runs_through_slurm_after_the_change(small_run, small_slurm_clu
               f"{job['Tres']:40} {job['StartTime'][11:]}-{job['EndTime'][11:]}")
         assert job["JobState"] == "COMPLETED", (rule, job)
         assert job["Partition"] == ("gpuq" if rule in ("train", "predict_base", "predict_finetuned") else "cpuq")
-        if rule == "train":  # the floor: 3 steps of the tiny model need less
+        if rule == "train":  # from its steps: the floor, 3 steps of the tiny model need less (cap: 240)
             assert job["TimeLimit"] == str(resources.RUNTIME_FLOOR_MIN)
         if rule == "extract_frames":
             assert "cpu=2," in job["Tres"]
