@@ -18,7 +18,7 @@ from vidtune.internvl_checkpoint.layout import is_original_layout
 from vidtune.prediction_shards import evaluation_key, prediction_settings
 from vidtune.reach import ANY, settings_for
 from vidtune import resources as job_resources
-from vidtune.slurm_preflight import PreflightError, explain_refusals, preflight
+from vidtune.slurm_preflight import PreflightError, explain_refusals, parse_minutes, preflight
 from vidtune.sweeps import expand_sweeps
 
 validate(config, schema="../workflow/schemas/config.schema.yaml", set_default=True)
@@ -154,6 +154,40 @@ def train_memory(wildcards, attempt):
     """resources: mem_mb of a train job (per node), from the run's model and training method."""
     size = model_size(config["runs"][wildcards.run]["model"])
     return job_resources.train_memory_mb(size, config["runs"][wildcards.run]["training"], attempt)
+
+
+def site_resource(rule, name):
+    """A constant the profile's site block gives `rule` (its set-resources, else default-resources), or None
+    (no such line, or no profile)."""
+    settings = workflow.resource_settings
+    for resources in ((settings.overwrite_resources or {}).get(rule) or {}, settings.default_resources or {}):
+        value = resources.get(name)
+        value = getattr(value, "value", value)  # Snakemake's parsed Resource, or a plain value (the API)
+        if value is not None:
+            return value
+    return None
+
+
+def train_runtime(needed_only=False):
+    """resources: the time limit (minutes) of a train job, from its steps and the data its files show now
+    (Snakemake evaluates it again when the job's inputs exist, before submitting it), larger on a retry and
+    never above the site block's `runtime_limit` (training resumes from its checkpoints); with needed_only,
+    what the steps need, before the retry and the limit (the preflight's note)."""
+
+    def runtime(wildcards, attempt):
+        run = config["runs"][wildcards.run]
+        size = model_size(run["model"])
+        data = job_resources.training_data(
+            expand(rules.check_training_data.output.lengths, run=wildcards.run, dataset=run["datasets"]),
+            expand(rules.internvl_files.output.train, dataset=run["datasets"]),
+        )
+        if needed_only:
+            return job_resources.train_runtime_needed_min(size, run["training"], data)
+        limit = site_resource("train", "runtime_limit")  # minutes; a string in SLURM's notation works too
+        limit_min = None if limit is None else parse_minutes(str(limit))
+        return job_resources.train_runtime_min(size, run["training"], data, attempt, limit_min)
+
+    return runtime
 
 
 def streaming_memory(folder_of):

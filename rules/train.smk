@@ -95,7 +95,9 @@ rule train:
         tasks_per_gpu=train_multi_node(lambda training: 0),
         mpi=train_multi_node(lambda training: "srun"),
         mem_mb=train_memory,
-        runtime=lambda wildcards: config["runs"][wildcards.run]["training"]["runtime_min"],
+        # Minutes from the run's steps (training.runtime_min: auto), at most the site block's runtime_limit.
+        runtime=train_runtime(),
+        runtime_needed=train_runtime(needed_only=True),
         # How often checkpoints are written and how many are kept: job settings, not the result.
         save_steps=lambda wildcards: config["runs"][wildcards.run]["training"]["save_steps"],
         save_total_limit=lambda wildcards: config["runs"][wildcards.run]["training"]["save_total_limit"],

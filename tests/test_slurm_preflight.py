@@ -4,7 +4,10 @@ small cluster of tests/slurm_cluster.py (SMALL) as `scontrol` printed it, and a 
 from __future__ import annotations
 
 import pytest
+import yaml
 
+from conftest import REPO, load_default_config
+from vidtune import resources
 from vidtune import slurm_preflight as pf
 
 # `scontrol -o show partition` / `show node` of the SMALL test cluster (slurm-wlm 22.05.8), as printed.
@@ -98,10 +101,33 @@ def test_memory_beyond_every_node(small):
 
 
 def test_time_limit_of_the_partition(small):
+    """A training above the partition's MaxTime: the site block's runtime_limit caps it (it resumes); a rule that
+    cannot resume, or a runtime set by hand, must fit."""
     (line,) = pf.check([request("train", wildcards={"run": "demo"}, slurm_partition="gpuq", runtime=720,
                                 _overridden={"slurm_partition"})], small)
-    assert "asks 720 min, partition gpuq allows 240 min" in line
-    assert "`set-resources: train: runtime: 240`" in line and "it fits partition cpuq" in line
+    assert "asks 720 min, partition gpuq allows 240 min" in line and "it fits partition cpuq" in line
+    assert "`runtime_limit: 240` under `set-resources: train:`" in line and "resumes from its last checkpoint" in line
+    # A runtime_limit above MaxTime, whatever the training asks now: once its data exists it may ask that much.
+    (line,) = pf.check([request("train", wildcards={"run": "demo"}, slurm_partition="gpuq", runtime=10,
+                                runtime_limit=1440)], small)
+    assert "may ask up to 1440 min (`runtime_limit`), partition gpuq allows 240 min" in line
+    assert "`runtime_limit: 240` under `set-resources: train:`" in line
+    assert pf.check([request("train", slurm_partition="gpuq", runtime=240, runtime_limit=240)], small) == []
+    (line,) = pf.check([request("train", wildcards={"run": "demo"}, slurm_partition="gpuq", runtime=720,
+                                _overridden={"slurm_partition", "runtime"})], small)
+    assert "`set-resources: train: runtime: 240`" in line
+    (line,) = pf.check([request("predict_base", slurm_partition="gpuq", runtime=300)], small)
+    assert "asks 300 min, partition gpuq allows 240 min" in line and "`set-resources: predict_base: runtime: 240`" in line
+
+
+def test_a_capped_training_is_noted_not_refused(small):
+    capped = request("train", wildcards={"run": "demo"}, slurm_partition="gpuq", runtime=240, runtime_needed=900,
+                     runtime_limit=240)
+    assert pf.check([capped], small) == []
+    (note,) = pf.capped_notes([capped, request(runtime=60, runtime_needed=900)])  # only a training resumes
+    assert note.startswith("train (run=demo): needs about 900 min") and "asks 240 min (`runtime_limit`" in note
+    assert "resumes from its last checkpoint, about 4 jobs in all" in note
+    assert pf.capped_notes([request("train", runtime=240, runtime_needed=200)]) == []  # fits: nothing to say
 
 
 def test_unknown_partition_and_default(small):
@@ -153,6 +179,9 @@ def test_request_as_the_plugin_submits_it():
     assert (job.nodes, job.cpus_per_node, job.gpus, job.gpu_model, job.mem_mb) == (2, 8, 4, None, 64000)
     job = pf.request_from_resources("x", {}, 2, {"mem_mb_per_cpu": 1000, "runtime": 120, "cpus_per_task": 4})
     assert (job.cpus_per_node, job.mem_mb, job.runtime_min, job.name) == (4, 4000, 120, "x")
+    assert job.runtime_needed_min is None and job.runtime_limit_min is None
+    job = pf.request_from_resources("train", {}, 1, {"runtime": 240, "runtime_needed": 900, "runtime_limit": 240})
+    assert (job.runtime_min, job.runtime_needed_min, job.runtime_limit_min) == (240, 900, 240)
 
 
 def test_refusals_from_the_log():
@@ -172,3 +201,50 @@ Error in rule score:
     (refusal,) = pf.refusals(log)
     assert refusal[0] == "merge" and refusal[1] == "run=demo"
     assert "Requested node configuration is not available" in refusal[2]
+
+
+def parsed_workflow(workdir, config: dict, profile: dict):
+    """The workflow as Snakemake parses it with a profile's resources and threads (a dry run of train_all: the
+    whole DAG, every job's resources evaluated as for a submission)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.resources import Resources
+    from snakemake.settings.types import (ConfigSettings, DAGSettings, OutputSettings, ResourceSettings,
+                                          StorageSettings)
+
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    settings = ResourceSettings(
+        cores=2, default_resources=Resources.from_mapping(profile["default-resources"]),
+        overwrite_resources={rule: Resources.from_mapping(values) for rule, values in profile["set-resources"].items()},
+        overwrite_threads=profile["set-threads"])
+    with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+        workflow_api = api.workflow(resource_settings=settings, storage_settings=StorageSettings(),
+                                    config_settings=ConfigSettings(configfiles=[workdir / "config.yaml"]),
+                                    workdir=workdir, snakefile=REPO / "Snakefile")
+        workflow_api.dag(DAGSettings(targets={"train_all"})).execute_workflow(executor="dryrun")
+        return workflow_api._workflow
+
+
+def test_a_parse_caps_the_training_at_the_site_limit_and_notes_it(small, tmp_path):
+    """The demo parsed with profiles/slurm's site block as a user of the small cluster sets it (partitions cpuq
+    and gpuq, gpuq's 240-min MaxTime as runtime_limit, no account, any GPU type, 2 frame threads). Before its
+    data exists the training needs the default 720 min: it asks 240, and the preflight notes it, not refuses it."""
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    del profile["default-resources"]["slurm_account"]
+    profile["default-resources"]["slurm_partition"] = "cpuq"
+    gpu_step = {**profile["set-resources"]["train"], "slurm_partition": "gpuq", "runtime_limit": 240}
+    del gpu_step["gpu_model"]
+    profile["set-resources"] = {rule: gpu_step for rule in profile["set-resources"]}
+    profile["set-threads"] = {"extract_frames": 2}
+    workflow = parsed_workflow(tmp_path, load_default_config(), profile)
+
+    # Each job's request as pf.workflow_requests makes it (which skips a dry run's jobs: they run locally).
+    overrides = workflow.resource_settings.overwrite_resources
+    requests = [pf.request_from_resources(job.rule.name, dict(job.wildcards_dict), job.threads,
+                                          dict(job.resources.items()), overrides.get(job.rule.name, {}).keys())
+                for job in workflow.dag.jobs if not job.rule.norun]
+    (train,) = [request for request in requests if request.rule == "train"]
+    assert (train.partition, train.runtime_min) == ("gpuq", 240)
+    assert train.runtime_needed_min == resources.UNKNOWN_DATA_RUNTIME_MIN
+    assert pf.check(requests, small) == []  # every job fits: nothing is refused
+    (note,) = pf.capped_notes(requests)
+    assert note.startswith("train (run=demo): needs about 720 min") and "asks 240 min" in note

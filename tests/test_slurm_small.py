@@ -20,6 +20,7 @@ import pytest
 from conftest import REPO, SNAKEMAKE, Workflow, quick_config
 from slurm_cluster import PROFILE, SMALL, SlurmCluster, small_slurm_cluster  # noqa: F401 - the fixture
 from test_slurm import FAST_STATUS
+from vidtune import resources
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
@@ -74,10 +75,10 @@ def small_run(small_slurm_cluster, tmp_path_factory):  # noqa: F811 - the fixtur
     # The changes the preflight names, made in the site block.
     text = (profile / "config.yaml").read_text()
     threads = re.search(r"`set-threads: extract_frames: (\d+)`", first_output)
-    runtime = re.search(r"`set-resources: train: runtime: (\d+)`", first_output)
-    assert threads and runtime, first_output[-3000:]
+    runtime_limit = re.search(r"`runtime_limit: (\d+)` under `set-resources: train:`", first_output)
+    assert threads and runtime_limit, first_output[-3000:]
     text = site_block_edit(text, "  extract_frames: 8\n", f"  extract_frames: {threads.group(1)}\n")
-    text = site_block_edit(text, "  train: &gpu_step\n", f"  train: &gpu_step\n    runtime: {runtime.group(1)}\n")
+    text = site_block_edit(text, "    runtime_limit: 1440\n", f"    runtime_limit: {runtime_limit.group(1)}\n")
     (profile / "config.yaml").write_text(text)
     started = time.monotonic()
     second = run(workflow, cluster, profile, "train_all")
@@ -93,8 +94,9 @@ def test_preflight_stops_before_submitting_and_names_the_setting(small_run):
     frames = [line for line in lines if line.startswith("extract_frames (dataset=demo, shard=")]
     assert len(frames) == 2 and all("asks 8 CPUs, the nodes of partition cpuq have at most 2" in line
                                     for line in frames), first[-3000:]
+    # The training's limit follows its steps, capped at the site block's runtime_limit: the cap is checked.
     (train,) = [line for line in lines if line.startswith("train (run=demo)")]
-    assert "asks 720 min, partition gpuq allows 240 min" in train
+    assert "may ask up to 1440 min (`runtime_limit`), partition gpuq allows 240 min" in train
     # Every other job fits: only these three lines.
     assert "3 problem(s): these jobs can never run on this cluster, nothing was submitted" in first
 
@@ -110,8 +112,8 @@ def test_the_demo_runs_through_slurm_after_the_change(small_run, small_slurm_clu
               f"{job['Tres']:40} {job['StartTime'][11:]}-{job['EndTime'][11:]}")
         assert job["JobState"] == "COMPLETED", (rule, job)
         assert job["Partition"] == ("gpuq" if rule in ("train", "predict_base", "predict_finetuned") else "cpuq")
-        if rule == "train":
-            assert job["TimeLimit"] == "240"
+        if rule == "train":  # from its steps: the floor, 3 steps of the tiny model need less (cap: 240)
+            assert job["TimeLimit"] == str(resources.RUNTIME_FLOOR_MIN)
         if rule == "extract_frames":
             assert "cpu=2," in job["Tres"]
     assert workflow.path("results/runs/demo/metrics.json").exists()

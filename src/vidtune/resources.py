@@ -1,4 +1,5 @@
-"""What a job asks SLURM (or a local scheduler) for, sized from the work: memory from the model's size.
+"""What a job asks SLURM (or a local scheduler) for, sized from the work: memory from the model's size, and the
+train job's time limit from its steps (:func:`train_runtime_min`; docs/training.md, "Job time limits").
 
 A model job's peak memory is a fixed cost (Python, torch, transformers), a multiple of the bytes of the
 model's weights, and activations that grow with the vocabulary (the logits of a sample: the training loss, the
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vidtune.config import schema_defaults
+from vidtune.training.settings import TrainingSettings
 
 MB = 2**20
 FLOOR_MB = 1000  # no job asks for less: Python with torch alone takes about half of it
@@ -194,3 +196,104 @@ def internvl_parameters(text: dict, vision: dict) -> int:
 
     projector = 2 * 4 * v + (4 * v * t + t) + (t * t + t)
     return vision_params + projector + text_params + head
+
+
+# --- Time limits ----------------------------------------------------------------------------------------------
+# A train job's time = start-up + its optimizer steps x the time of one step, where a step costs a fixed
+# overhead (data loading, the optimizer, logging) plus its tokens x the model's parameters x the time per token
+# and parameter of the device, shared by the training processes (docs/training.md, "Job time limits").
+#   CPU: 1.5e-10 s per token and parameter, LoRA, measured on the shared 2-core machine: the 2-layer
+#   InternVL3-1B of tests/test_real_shape.py (52.2M parameters, 2,100-token samples) takes up to 16 s a step,
+#   and benchmarks/train_throughput.py's 4-layer one (226.9M parameters) trained 29.8 computed tokens/s.
+#   GPU: an estimate, not a measurement (no GPU was lent): 4 FLOPs per token and parameter for LoRA at an
+#   effective 80 TFLOP/s (a quarter of an A100's bf16 peak, a twelfth of an H100's).
+SECONDS_PER_TOKEN_PARAMETER = {"cpu": 1.5e-10, "gpu": 4 / 80e12}
+# A step's fixed part (data loading, the optimizer, logging). CPU: measured, the demo's tiny model (0.34M
+# parameters: its tokens cost 0.03 s a step by the figure above) trained 900 steps in 921 s on the shared
+# machine under load (its train_summary.json: steps, train_seconds; about 0.2 s a step when less loaded).
+# GPU: an estimate (the frames are decoded by the data-loading workers while the GPU computes).
+STEP_OVERHEAD_S = {"cpu": 1.0, "gpu": 0.25}
+# Start-up and the end: Python and torch, the data, the model read at STARTUP_READ_BYTES_PER_S from a shared
+# file system, the final save.
+STARTUP_S = 120
+STARTUP_READ_BYTES_PER_S = 200 * 10**6
+# Relative cost of a method's step against LoRA's (FLOPs per token and parameter: LoRA 4, forward and the
+# gradient of the activations; full 6, the weights' gradients too); QLoRA dequantises every weight in every
+# matmul (an estimate: twice LoRA); gradient checkpointing recomputes the forward pass (2 more of LoRA's 4).
+METHOD_FACTOR = {"lora": 1.0, "qlora": 2.0, "full": 1.5}
+GRADIENT_CHECKPOINTING_FACTOR = 1.5
+RUNTIME_MARGIN = 2.0  # the CPU measurements spread 2.5x with the machine's load; padding is not counted
+RUNTIME_FLOOR_MIN = 10  # no model job asks for less
+# Before the run's training data exists (only a preflight sees this: Snakemake evaluates a job's resources
+# again when its inputs are there, before it is submitted): the fixed limit vidtune had before.
+UNKNOWN_DATA_RUNTIME_MIN = 720
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a run trains on, as far as the files that exist when the workflow is parsed tell."""
+
+    samples: int | None  # None: no file of the run's training data exists yet
+    tokens: int | None  # every sample's tokens together; None: unknown (max_seq_length a sample is assumed)
+
+
+def training_data(lengths_files: list[str | Path], records_files: list[str | Path]) -> TrainingData:
+    """The run's training data: every dataset's lengths.json (check_training_data: the accepted records'
+    tokens), else every dataset's train.jsonl of the split (internvl_files: records, tokens unknown), else
+    nothing known. ``lengths_files`` and ``records_files``: one per dataset of the run."""
+    if lengths_files and all(Path(path).is_file() for path in lengths_files):
+        lengths = [length for path in lengths_files
+                   for length in json.loads(Path(path).read_text(encoding="utf-8"))]
+        return TrainingData(len(lengths), sum(lengths))
+    if records_files and all(Path(path).is_file() for path in records_files):
+        with_text = (line for path in records_files for line in Path(path).read_text(encoding="utf-8").splitlines())
+        return TrainingData(sum(1 for line in with_text if line.strip()), None)
+    return TrainingData(None, None)
+
+
+def train_step_seconds(size: ModelSize, tokens_per_step: float, processes: int, gpu: bool,
+                       training: dict) -> float:
+    """Seconds of one optimizer step of ``tokens_per_step`` tokens (all processes together)."""
+    device = "gpu" if gpu else "cpu"
+    cost = SECONDS_PER_TOKEN_PARAMETER[device] * METHOD_FACTOR[training["method"]]
+    if training.get("gradient_checkpointing"):
+        cost *= GRADIENT_CHECKPOINTING_FACTOR
+    parameters = size.weight_bytes / size.dtype_bytes
+    return STEP_OVERHEAD_S[device] + tokens_per_step / processes * parameters * cost
+
+
+def train_runtime_needed_min(size: ModelSize, training: dict, data: TrainingData) -> int:
+    """Minutes a train job needs by its steps (with :data:`RUNTIME_MARGIN` and the floor, before a retry or a
+    cap). ``training``: the run's validated training section."""
+    settings = TrainingSettings.from_config(training)
+    if data.samples is None and settings.max_steps <= 0:
+        return UNKNOWN_DATA_RUNTIME_MIN
+    processes = settings.nodes * settings.processes_per_node
+    samples = data.samples if data.samples is not None else settings.batch_size * processes
+    tokens = data.tokens if data.tokens is not None else samples * settings.max_seq_length
+    mean_tokens = tokens / max(1, samples)
+    if settings.packing or settings.tokens_per_batch:  # micro-batches of about this many tokens each
+        budget = settings.packing_max_tokens if settings.packing else settings.tokens_per_batch
+        samples_per_micro_batch = max(1.0, budget / mean_tokens)
+    else:
+        samples_per_micro_batch = settings.batch_size
+    micro_batches = math.ceil(samples / samples_per_micro_batch)
+    steps = settings.total_steps(micro_batches, batch_size=1)
+    if settings.max_steps > 0:
+        step_samples = samples_per_micro_batch * settings.gradient_accumulation_steps * processes
+    else:  # an epoch's steps share its samples
+        step_samples = settings.epochs * samples / steps
+    step = train_step_seconds(size, step_samples * mean_tokens, processes, settings.gpus > 0, training)
+    seconds = STARTUP_S + size.weight_bytes / STARTUP_READ_BYTES_PER_S + steps * step
+    return math.ceil(max(RUNTIME_FLOOR_MIN, RUNTIME_MARGIN * seconds / 60))
+
+
+def train_runtime_min(size: ModelSize, training: dict, data: TrainingData, attempt: int = 1,
+                      limit_min: int | None = None) -> int:
+    """The train job's time limit (minutes): ``training.runtime_min`` where it is a number, else what its
+    steps need; :data:`RETRY_FACTOR` times more on a retry; never above ``limit_min`` (the partition's, from
+    the profile's site block): a training stopped there resumes from its last checkpoint."""
+    given = training.get("runtime_min", "auto")
+    minutes = given if isinstance(given, int) else train_runtime_needed_min(size, training, data)
+    minutes *= RETRY_FACTOR ** (attempt - 1)
+    return min(minutes, limit_min) if limit_min else minutes

@@ -8,6 +8,11 @@ GPUs of a type, nodes, time limit, account) with what `scontrol show partition`,
 the request, the partition's limit and the setting to change. SLURM itself would keep such a job pending
 (`PartitionConfig`, `ReqNodeNotAvail`) or refuse it, and the executor plugin would say nothing.
 
+A training job is the exception: it resumes from its last checkpoint, so its time limit (computed from its
+steps) is capped at the site block's `runtime_limit`; where the cap is below what its steps need, the preflight
+prints a note (:func:`capped_notes`) instead of stopping, and it stops only where the cap itself is above the
+partition's MaxTime.
+
 It also reads whether the cluster keeps accounting (`AccountingStorageType`): without it `sacct` cannot tell a
 job's state, so the status command becomes `squeue` (and `MinJobAge` must keep finished jobs long enough for
 it), and an account in the profile is an error (the plugin checks accounts with `sacctmgr`, which fails).
@@ -29,6 +34,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
 SITE_BLOCK = "the site block of your profile (profiles/slurm/config.yaml)"
+# Rules whose jobs resume from their last checkpoint after a time limit: their time limit may be capped at the
+# partition's (the site block's `runtime_limit`) below what their work needs.
+RESUMING_RULES = {"train"}
 # The executor plugin uses `sacct` for a job's state unless squeue can see finished jobs for 3 status
 # intervals (its `init_seconds_before_status_checks`, default 40 s): then it falls back to sacct on its own.
 STATUS_INTERVAL_FACTOR = 3
@@ -197,6 +205,8 @@ class Request:
     nodes: int
     account: str | None
     overridden: frozenset[str] = field(default_factory=frozenset)  # resources set in the profile's set-resources
+    runtime_needed_min: int | None = None  # what the work needs by its steps, before a cap (train)
+    runtime_limit_min: int | None = None  # the cap of a job that resumes (the site block's runtime_limit)
 
     @property
     def name(self) -> str:
@@ -221,7 +231,10 @@ def request_from_resources(rule: str, wildcards: Mapping[str, str], threads: int
                    cpus_per_node=cpus * math.ceil(tasks / nodes), mem_mb=None if mem is None else int(mem),
                    runtime_min=None if runtime is None else int(runtime),  # Snakemake gives minutes
                    gpus=gpu or gres_gpus, gpu_model=(resources.get("gpu_model") or None) if gpu else None,
-                   nodes=nodes, account=str(account) if account else None, overridden=frozenset(overridden))
+                   nodes=nodes, account=str(account) if account else None, overridden=frozenset(overridden),
+                   runtime_needed_min=None if resources.get("runtime_needed") is None
+                   else int(resources["runtime_needed"]),
+                   runtime_limit_min=parse_minutes(str(resources.get("runtime_limit") or "")))
 
 
 # --- The check ------------------------------------------------------------------------------------------------
@@ -291,12 +304,39 @@ def _job_problems(request: Request, partition: Partition) -> list[str]:
             problems.append(f"asks {request.nodes} nodes of {request.cpus_per_node} CPUs, "
                             f"{_mb(request.mem_mb or 0)} and {request.gpus} GPU(s), partition {name} has "
                             f"{len(fitting)} such nodes; lower runs.<run>.training.nodes in your config")
-    if request.runtime_min and partition.max_time_min and request.runtime_min > partition.max_time_min:
-        resumes = " (training resumes from its checkpoints)" if request.rule == "train" else ""
-        problems.append(f"asks {request.runtime_min} min, partition {name} allows {partition.max_time_min} min "
-                        f"(MaxTime); set `set-resources: {request.rule}: runtime: {partition.max_time_min}` in "
-                        f"{SITE_BLOCK}{resumes}")
+    limit = partition.max_time_min
+    capped = request.rule in RESUMING_RULES and "runtime" not in request.overridden
+    cap_fix = (f"set `runtime_limit: {limit}` under `set-resources: {request.rule}:` in {SITE_BLOCK}: a longer "
+               "training stops at the limit and resumes from its last checkpoint")
+    if capped and limit and request.runtime_limit_min and request.runtime_limit_min > limit:
+        # Checked whatever it asks now: once its data exists it may ask up to the cap.
+        problems.append(f"may ask up to {request.runtime_limit_min} min (`runtime_limit`), partition {name} allows "
+                        f"{limit} min (MaxTime); {cap_fix}")
+    elif request.runtime_min and limit and request.runtime_min > limit:
+        if capped:
+            fix = cap_fix
+        else:
+            fix = f"set `set-resources: {request.rule}: runtime: {limit}` in {SITE_BLOCK}"
+            if request.rule in RESUMING_RULES:
+                fix += " (training resumes from its checkpoints)"
+        problems.append(f"asks {request.runtime_min} min, partition {name} allows {limit} min (MaxTime); {fix}")
     return problems
+
+
+def capped_notes(requests: Iterable[Request]) -> list[str]:
+    """One line per job that resumes (train) and asks less time than its work needs: it stops at its limit
+    and resumes from its last checkpoint, as often as it takes."""
+    lines = []
+    for request in requests:
+        needed, asked = request.runtime_needed_min, request.runtime_min
+        if request.rule in RESUMING_RULES and needed and asked and needed > asked:
+            limit = (f"`set-resources: {request.rule}: runtime` in {SITE_BLOCK}" if "runtime" in request.overridden
+                     else f"`runtime_limit` in {SITE_BLOCK}, or a number in runs.<run>.training.runtime_min")
+            lines.append(f"{request.name}: needs about {needed} min (estimated from its steps; docs/training.md, "
+                         f"\"Job time limits\"), asks {asked} min ({limit}): it stops at "
+                         f"the limit and resumes from its last checkpoint, about {math.ceil(needed / asked)} jobs "
+                         "in all (Snakemake retries it once per run: run the same command again until it finishes)")
+    return lines
 
 
 def check(requests: Iterable[Request], cluster: Cluster) -> list[str]:
@@ -406,6 +446,8 @@ def preflight(workflow, log: Callable[[str], None] = print) -> None:
         cluster, settings.status_command, any(request.account for request in requests),
         settings.init_seconds_before_status_checks or 40)
     problems = accounting_problems + check(requests, cluster)
+    for note in capped_notes(requests):
+        log(f"preflight note: {note}")
     if problems:
         raise PreflightError(f"{len(problems)} problem(s): these jobs can never run on this cluster, nothing was "
                              "submitted:\n" + "\n".join(f"  {line}" for line in problems))

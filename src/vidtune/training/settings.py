@@ -80,7 +80,7 @@ class TrainingSettings:
     nodes: int
     deepspeed: str
     offload: bool
-    runtime_min: int
+    runtime_min: int | str
     trainer_args: dict
     # Batching, packing and data loading (vidtune.training.batching, .packing, .loading).
     group_by_length: bool
