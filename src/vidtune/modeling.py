@@ -16,12 +16,12 @@ from typing import Any, Sequence
 
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor, InternVLConfig, InternVLProcessor
-from transformers.processing_utils import ProcessorMixin
+from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import is_torchvision_available
 
 from vidtune.config import model_folder_problem, schema_defaults
 from vidtune.errors import MediaError, ModelError
+from vidtune.families.internvl import InternVLImageOnlyProcessor
 from vidtune.internvl_format import record_media_paths
 
 log = logging.getLogger(__name__)
@@ -33,61 +33,6 @@ QLORA_SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_h
 
 
 # --- Processor ---------------------------------------------------------------------------------------------
-
-class InternVLImageOnlyProcessor(InternVLProcessor):
-    """InternVLProcessor without a video processor (which needs torchvision): frames go in as images.
-
-    The folder it saves still names ``InternVLProcessor``, so the stock processor loads it where
-    torchvision is installed.
-    """
-
-    def __init__(self, image_processor=None, tokenizer=None, image_seq_length: int = 256, chat_template=None,
-                 **kwargs):
-        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
-        self.image_seq_length = image_seq_length
-        self.start_image_token = tokenizer.start_image_token
-        self.end_image_token = tokenizer.end_image_token
-        self.start_image_token_id = tokenizer.start_image_token_id
-        self.end_image_token_id = tokenizer.end_image_token_id
-        self.image_token = tokenizer.context_image_token
-        self.video_token = tokenizer.video_token
-        self.image_token_id = tokenizer.context_image_token_id
-        self.multimodal_pattern = re.compile(
-            f"(?P<image>{re.escape(self.image_token)})|(?P<video>{re.escape(self.video_token)})")
-
-    def save_pretrained(self, save_directory, **kwargs):
-        result = super().save_pretrained(save_directory, **kwargs)
-        _name_stock_processor(Path(save_directory))
-        return result
-
-
-AutoProcessor.register(InternVLConfig, InternVLImageOnlyProcessor, exist_ok=True)
-
-
-def _name_stock_processor(folder: Path) -> None:
-    """Make the saved configs name the stock InternVLProcessor (and its video processor)."""
-    import json
-
-    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
-        path = folder / name
-        if path.is_file():
-            data = json.loads(path.read_text())
-            if "processor_class" in data or name == "processor_config.json":
-                data["processor_class"] = "InternVLProcessor"
-                path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    video_config = folder / "video_preprocessor_config.json"
-    if not video_config.exists():
-        image = json.loads((folder / "preprocessor_config.json").read_text()) \
-            if (folder / "preprocessor_config.json").is_file() else {}
-        size = image.get("size", {"height": 448, "width": 448})
-        video_config.write_text(json.dumps({
-            "video_processor_type": "InternVLVideoProcessor", "processor_class": "InternVLProcessor",
-            "do_resize": True, "size": size, "do_rescale": True, "rescale_factor": 1 / 255,
-            "do_normalize": True, "image_mean": image.get("image_mean", [0.485, 0.456, 0.406]),
-            "image_std": image.get("image_std", [0.229, 0.224, 0.225]), "do_convert_rgb": True,
-            "initial_shift": True, "do_sample_frames": False,
-        }, indent=2, sort_keys=True) + "\n")
-
 
 def load_processor(path: str | Path):
     """The stock AutoProcessor where its video processor is usable, else the image-only InternVL processor.
