@@ -197,10 +197,11 @@ class ModelFamily:
         raise NotImplementedError(f"{self.name}: sample_length")
 
     # --- Packing ------------------------------------------------------------------------------------------
-    def packed_position_ids(self, samples: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+    def packed_position_ids(self, samples: Sequence[dict[str, torch.Tensor]], model_config=None) -> torch.Tensor:
         """The position ids of a packed row of encoded samples (batch dim first): 0..n-1 for each sample,
         one after the other. A family with multi-dimensional (rope) positions returns each sample's own,
-        restarting the same way, in the shape its model takes."""
+        restarting the same way, in the shape its model takes; ``model_config`` is the model's config where
+        the caller has it (the training collator does)."""
         return torch.cat([torch.arange(len(sample["input_ids"])) for sample in samples])[None]
 
     # --- Merging ------------------------------------------------------------------------------------------
