@@ -44,8 +44,12 @@ def lora_target_modules(model: nn.Module, family: ModelFamily, *, language: bool
             raise ModelError(f"no {'/'.join(sorted(family.language_lora_targets))} linears in the language model",
                              fix="use method full for this architecture")
     if vision and (tower := family.find_part(model, "vision")) is not None:
+        # A projector inside the tower (Qwen2-VL's merger) is no LoRA target: it trains fully or is frozen.
+        projector = family.find_part(model, "projector")
+        inside = projector[0] + "." if projector and projector[0].startswith(tower[0] + ".") else None
         targets += [name for name, module in model.named_modules()
-                    if name.startswith(tower[0] + ".") and isinstance(module, nn.Linear)]
+                    if name.startswith(tower[0] + ".") and isinstance(module, nn.Linear)
+                    and not (inside and name.startswith(inside))]
     return targets
 
 
@@ -122,7 +126,9 @@ def trainable_parameters(model: nn.Module, family: ModelFamily) -> dict[str, int
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        part = next((part for part, prefix in prefixes.items() if name.startswith(prefix)), "other")
+        # The longest matching prefix: a projector inside the vision tower counts as the projector.
+        part = max((part for part, prefix in prefixes.items() if name.startswith(prefix)),
+                   key=lambda part: len(prefixes[part]), default="other")
         counts[part] += int(getattr(param, "ds_numel", param.numel()))
     return counts
 
