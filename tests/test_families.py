@@ -10,6 +10,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
+from transformers import InternVLForConditionalGeneration
 
 import vidtune.predict
 import vidtune.train
@@ -119,12 +120,26 @@ def test_every_processor_tensor_reaches_the_model_in_training(packing, tiny, tmp
             assert inputs["token_marks"].min() >= 1  # a packed row: no padding
 
 
+class MarkedInternVL(InternVLForConditionalGeneration):
+    """The real model, taking the marking family's extra inputs by name as a family's own model does
+    (generate refuses inputs its model's forward does not name); they are recorded, not used."""
+
+    seen: list[dict]
+
+    def forward(self, input_ids=None, pixel_values=None, frame_marks=None, token_marks=None, **kwargs):
+        given = {"input_ids": input_ids, "pixel_values": pixel_values, "frame_marks": frame_marks,
+                 "token_marks": token_marks}
+        self.seen.append({key: value for key, value in given.items() if value is not None})
+        return super().forward(input_ids=input_ids, pixel_values=pixel_values, **kwargs)
+
+
 def test_every_processor_tensor_reaches_generate(tiny, tmp_path, monkeypatch):
     meta = write_synthetic_dataset(tmp_path / "data", 3, num_frames=2, size=32, images=1)
     monkeypatch.setattr(vidtune.predict, "family_for_folder", lambda folder: MarkingFamily())
     predictor = vidtune.predict.Predictor(tiny, evaluation={"batch_size": 3, "max_new_tokens": 2})
+    predictor.model.__class__ = MarkedInternVL
     seen: list[dict] = []
-    record_model_inputs(predictor.model, seen)
+    predictor.model.seen = seen
     records = read_jsonl(meta.parent / "train.jsonl")
     samples = predictor.record_samples(records, meta.parent, [None] * len(records))
     assert len(predictor.answer(samples)) == 3
