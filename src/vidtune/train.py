@@ -1,4 +1,5 @@
-"""Finetune an InternVL checkpoint on InternVL-format data (meta.json + JSONL): LoRA, QLoRA or full.
+"""Finetune a checkpoint of any model family (vidtune.families) on InternVL-format data (meta.json + JSONL):
+LoRA, QLoRA or full.
 
 The recipe, top to bottom: typed settings, processor and model, dataset and collator, the Trainer (which
 counts tokens, fills DeepSpeed's "auto" values and resumes), then vidtune's own checks of what came out: the

@@ -222,6 +222,12 @@ class ModelFamily:
         ``architecture``)."""
         raise NotImplementedError(f"{self.name}: build_architecture")
 
+    def built_size(self, kind: str, settings: dict) -> tuple[int, int, int]:
+        """(parameters, bytes per parameter, vocabulary) of what :meth:`build_tiny` (``kind`` "tiny") or
+        :meth:`build_architecture` ("architecture") makes of ``settings`` (defaults filled in), without
+        building it: the jobs' memory requests are planned from it when the workflow is parsed."""
+        raise NotImplementedError(f"{self.name}: built_size")
+
     # --- Helpers for the core -----------------------------------------------------------------------------
     def find_part(self, model: torch.nn.Module, part: str) -> tuple[str, torch.nn.Module] | None:
         """The (shortest-named) submodule of a part (vision/projector/language), under any wrapper prefix."""

@@ -158,6 +158,17 @@ class InternVLFamily(ModelFamily):
         return {"original_layout": export_original_layout(merged_dir, original_base,
                                                           Path(merged_dir) / ORIGINAL_LAYOUT_FOLDER)}
 
+    def built_size(self, kind: str, settings: dict) -> tuple[int, int, int]:
+        from vidtune import resources
+
+        if kind == "architecture":
+            text, vision = resources.architecture_dims(settings)
+            dtype_bytes = resources.DTYPE_BYTES[settings["dtype"]]
+        else:
+            text, vision = resources.tiny_dims(settings)
+            dtype_bytes = 4  # built in float32
+        return resources.internvl_parameters(text, vision), dtype_bytes, text["vocab_size"]
+
     def build_tiny(self, out_dir: Path, settings: dict) -> None:
         from vidtune.tiny_model import build_tiny_model
 
