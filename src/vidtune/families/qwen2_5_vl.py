@@ -19,6 +19,7 @@ folder without times (no vidtune frames.json) is taken as one frame per :data:`D
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -140,12 +141,32 @@ def qwen_tokenizer(chat_template: str, vocab_size: int = 1024) -> PreTrainedToke
         model_max_length=32768, padding_side="left", chat_template=chat_template)
 
 
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+    """What a model config needs of its tokenizer: the vocabulary's size and the special tokens' ids."""
+
+    size: int
+    eos_token_id: int
+    pad_token_id: int
+    vision_ids: dict  # image_token_id, video_token_id, vision_start_token_id, vision_end_token_id
+
+    @classmethod
+    def of(cls, tokenizer) -> "Vocabulary":
+        return cls(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id, special_token_ids(tokenizer))
+
+    @classmethod
+    def counted(cls, size: int) -> "Vocabulary":
+        """A vocabulary of ``size`` tokens whose ids don't matter (for counting parameters)."""
+        return cls(size, 0, 0, {key: index for index, key in enumerate(VISION_TOKENS)})
+
+
+VISION_TOKENS = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
+                 "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}
+
+
 def special_token_ids(tokenizer) -> dict:
     """The model config's ids of the vision tokens, from the tokenizer."""
-    ids = {key: tokenizer.convert_tokens_to_ids(token) for key, token in (
-        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
-    return ids
+    return {key: tokenizer.convert_tokens_to_ids(token) for key, token in VISION_TOKENS.items()}
 
 
 def fewer_layers(indexes: Sequence[int], depth: int) -> list[int]:
@@ -282,7 +303,7 @@ class Qwen2_5_VLFamily(ModelFamily):
         return torch.cat([text[None], torch.cat([rope(sample) for sample in samples], dim=-1)])
 
     # --- Tiny and real-shape random builds ----------------------------------------------------------------
-    def tiny_config(self, settings: dict, tokenizer):
+    def tiny_config(self, settings: dict, vocabulary: Vocabulary):
         s = settings
         vision_heads = max(1, s["vision_hidden_size"] // 32)
         text_heads = max(2, s["text_hidden_size"] // 32)
@@ -294,16 +315,16 @@ class Qwen2_5_VLFamily(ModelFamily):
                            "out_hidden_size": s["text_hidden_size"], "patch_size": s["patch_size"],
                            "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 4 * s["patch_size"],
                            "fullatt_block_indexes": [s["vision_layers"] - 1], "tokens_per_second": 2},
-            text_config={"vocab_size": len(tokenizer), "hidden_size": s["text_hidden_size"],
+            text_config={"vocab_size": vocabulary.size, "hidden_size": s["text_hidden_size"],
                          "intermediate_size": 3 * s["text_hidden_size"], "num_hidden_layers": s["text_layers"],
                          "num_attention_heads": text_heads, "num_key_value_heads": 1,
                          "max_position_embeddings": 8192, "tie_word_embeddings": True,
                          "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
                                              "mrope_section": [temporal, (pairs - temporal) // 2,
                                                                pairs - temporal - (pairs - temporal) // 2]},
-                         "bos_token_id": None, "eos_token_id": tokenizer.eos_token_id,
-                         "pad_token_id": tokenizer.pad_token_id},
-            tie_word_embeddings=True, **special_token_ids(tokenizer))
+                         "bos_token_id": None, "eos_token_id": vocabulary.eos_token_id,
+                         "pad_token_id": vocabulary.pad_token_id},
+            tie_word_embeddings=True, **vocabulary.vision_ids)
 
     def build_processor(self, tokenizer, processor_settings: dict):
         p = processor_settings
@@ -330,26 +351,26 @@ class Qwen2_5_VLFamily(ModelFamily):
 
         settings = {**schema_defaults("tiny_model"), **settings}
         tokenizer = qwen_tokenizer(self.chat_template)
-        model = random_model(self.model_class, self.tiny_config(settings, tokenizer), settings["seed"])
+        model = random_model(self.model_class, self.tiny_config(settings, Vocabulary.of(tokenizer)), settings["seed"])
         with torch.no_grad():  # logits of a trained model's range (vidtune.tiny_model.FINAL_NORM_SCALE)
             model.model.language_model.norm.weight.fill_(FINAL_NORM_SCALE)
         save_model_folder(Path(out_dir), model, tokenizer,
                           self.build_processor(tokenizer, self.tiny_processor_settings(settings)))
 
-    def architecture_config(self, settings: dict, tokenizer):
+    def architecture_config(self, settings: dict, vocabulary: Vocabulary):
         """A published configuration, optionally with fewer layers and a smaller vocabulary (never smaller
         than the tokenizer)."""
         published = self.published[settings["name"]]
         vision, text = dict(published["vision"]), dict(published["text"])
-        text.update(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+        text.update(eos_token_id=vocabulary.eos_token_id, pad_token_id=vocabulary.pad_token_id, bos_token_id=None)
         if settings.get("vision_layers"):
             vision["depth"] = settings["vision_layers"]
             vision["fullatt_block_indexes"] = fewer_layers(vision["fullatt_block_indexes"], vision["depth"])
         if settings.get("text_layers"):
             text["num_hidden_layers"] = settings["text_layers"]
-        text["vocab_size"] = max(len(tokenizer), settings.get("vocab_size") or text["vocab_size"])
+        text["vocab_size"] = max(vocabulary.size, settings.get("vocab_size") or text["vocab_size"])
         return Qwen2_5_VLConfig(vision_config=vision, text_config=text,
-                                tie_word_embeddings=text["tie_word_embeddings"], **special_token_ids(tokenizer))
+                                tie_word_embeddings=text["tie_word_embeddings"], **vocabulary.vision_ids)
 
     def build_architecture(self, out_dir: Path, settings: dict, device: str = "cpu") -> None:
         """A random-weight checkpoint of a published architecture (``settings``: the schema's architecture)
@@ -361,10 +382,25 @@ class Qwen2_5_VLFamily(ModelFamily):
             raise ModelError(f"{self.name} has no architecture {settings['name']!r}",
                              fix=f"use one of: {', '.join(self.published)}")
         tokenizer = qwen_tokenizer(self.chat_template, min(settings.get("vocab_size") or 8192, 8192))
-        config = self.architecture_config(settings, tokenizer)
+        config = self.architecture_config(settings, Vocabulary.of(tokenizer))
         model = random_model(self.model_class, config, settings["seed"], getattr(torch, settings["dtype"]), device)
         save_model_folder(Path(out_dir), model, tokenizer,
                           self.build_processor(tokenizer, self.published[settings["name"]]["processor"]))
+
+    def built_size(self, kind: str, settings: dict) -> tuple[int, int, int]:
+        """The parameters of the model transformers' class makes of the config (on the meta device: no weight
+        is allocated), with the tokenizer's size bounded from above (the tiny BPE has at most 1024 tokens)."""
+        from vidtune.resources import DTYPE_BYTES
+        from vidtune.tiny_model import VOCAB_SIZE
+
+        if kind == "architecture":
+            vocabulary = Vocabulary.counted(min(settings.get("vocab_size") or 8192, 8192))
+            config, dtype_bytes = self.architecture_config(settings, vocabulary), DTYPE_BYTES[settings["dtype"]]
+        else:
+            config, dtype_bytes = self.tiny_config(settings, Vocabulary.counted(VOCAB_SIZE)), 4  # float32
+        with torch.device("meta"):
+            model = self.model_class._from_config(config)
+        return sum(p.numel() for p in model.parameters()), dtype_bytes, config.text_config.vocab_size
 
 
 FAMILY = Qwen2_5_VLFamily()

@@ -22,7 +22,7 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
 from vidtune.families.base import MediaShape
-from vidtune.families.qwen2_5_vl import Qwen2_5_VLFamily, fewer_layers, special_token_ids
+from vidtune.families.qwen2_5_vl import Qwen2_5_VLFamily, Vocabulary, fewer_layers
 
 IMAGE_STANDARD = [0.5, 0.5, 0.5]
 # The released Qwen3-VL chat template's rendering of plain user and assistant turns (its tool-call and
@@ -92,7 +92,7 @@ class Qwen3VLFamily(Qwen2_5_VLFamily):
                 min_pixels=video.size["shortest_edge"], max_pixels=max_pixels)
         return [math.ceil(count / video.temporal_patch_size), height // video.patch_size, width // video.patch_size]
 
-    def tiny_config(self, settings: dict, tokenizer):
+    def tiny_config(self, settings: dict, vocabulary: Vocabulary):
         s = settings
         text_heads = max(2, s["text_hidden_size"] // 32)
         pairs = s["text_hidden_size"] // text_heads // 2
@@ -105,7 +105,7 @@ class Qwen3VLFamily(Qwen2_5_VLFamily):
                            "spatial_merge_size": 2, "temporal_patch_size": 2,
                            "num_position_embeddings": (s["image_size"] // s["patch_size"]) ** 2,
                            "deepstack_visual_indexes": [s["vision_layers"] - 1]},
-            text_config={"vocab_size": len(tokenizer), "hidden_size": s["text_hidden_size"],
+            text_config={"vocab_size": vocabulary.size, "hidden_size": s["text_hidden_size"],
                          "intermediate_size": 3 * s["text_hidden_size"], "num_hidden_layers": s["text_layers"],
                          "num_attention_heads": text_heads, "num_key_value_heads": 1,
                          "head_dim": s["text_hidden_size"] // text_heads, "max_position_embeddings": 8192,
@@ -114,9 +114,9 @@ class Qwen3VLFamily(Qwen2_5_VLFamily):
                                              "mrope_section": [temporal, (pairs - temporal) // 2,
                                                                pairs - temporal - (pairs - temporal) // 2],
                                              "mrope_interleaved": True},
-                         "bos_token_id": None, "eos_token_id": tokenizer.eos_token_id,
-                         "pad_token_id": tokenizer.pad_token_id},
-            tie_word_embeddings=True, **special_token_ids(tokenizer))
+                         "bos_token_id": None, "eos_token_id": vocabulary.eos_token_id,
+                         "pad_token_id": vocabulary.pad_token_id},
+            tie_word_embeddings=True, **vocabulary.vision_ids)
 
     def tiny_processor_settings(self, settings: dict) -> dict:
         # A video's budget: up to 8 frames of image_size squared pixels.
@@ -136,18 +136,18 @@ class Qwen3VLFamily(Qwen2_5_VLFamily):
                                                   do_sample_frames=False, cap_pixels_per_frame=True, **common),
             tokenizer=tokenizer, chat_template=self.chat_template)
 
-    def architecture_config(self, settings: dict, tokenizer):
+    def architecture_config(self, settings: dict, vocabulary: Vocabulary):
         published = self.published[settings["name"]]
         vision, text = dict(published["vision"]), dict(published["text"])
-        text.update(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+        text.update(eos_token_id=vocabulary.eos_token_id, pad_token_id=vocabulary.pad_token_id, bos_token_id=None)
         if settings.get("vision_layers"):
             vision["depth"] = settings["vision_layers"]
             vision["deepstack_visual_indexes"] = fewer_layers(vision["deepstack_visual_indexes"], vision["depth"])
         if settings.get("text_layers"):
             text["num_hidden_layers"] = settings["text_layers"]
-        text["vocab_size"] = max(len(tokenizer), settings.get("vocab_size") or text["vocab_size"])
+        text["vocab_size"] = max(vocabulary.size, settings.get("vocab_size") or text["vocab_size"])
         return Qwen3VLConfig(vision_config=vision, text_config=text, tie_word_embeddings=text["tie_word_embeddings"],
-                             **special_token_ids(tokenizer))
+                             **vocabulary.vision_ids)
 
 
 FAMILY = Qwen3VLFamily()
