@@ -24,7 +24,7 @@ from vidtune.tiny_model import build_model, synthetic_frames, write_synthetic_da
 from vidtune.train import train
 from vidtune.training.batching import training_collator
 from vidtune.training.model import lora_target_modules, prepare_model, trainable_parameters
-from vidtune.training.packing import collate_packed
+from vidtune.training.packing import collate_packed, sample_spans
 from vidtune.training.settings import TrainingSettings
 
 torch.set_num_threads(1)
@@ -183,16 +183,15 @@ def test_a_packed_row_equals_its_samples_alone(tiny_qwen, processor):
     row = collate_packed(samples, FAMILY, model.config)
     with torch.no_grad():
         packed = model(**row).logits[0]
-    start = 0
-    for sample in samples:
-        end = start + len(sample["input_ids"])
+    spans = sample_spans(row["position_ids"])  # from the first, 1-D row of the (4, 1, n) positions
+    assert [end - start for start, end in spans] == [len(sample["input_ids"]) for sample in samples]
+    for sample, (start, end) in zip(samples, spans):
         with torch.no_grad():
             alone = model(**collate([sample], processor.tokenizer.pad_token_id, sequence_keys=FAMILY.sequence_keys))
         assert torch.allclose(packed[start:end], alone.logits[0], atol=1e-4), (packed[start:end] - alone.logits[0]).abs().max()
         labels = row["labels"][0, start:end]
         loss = torch.nn.functional.cross_entropy(packed[start:end - 1], labels[1:], ignore_index=-100)
         assert abs(float(loss) - float(alone.loss)) <= 1e-4
-        start = end
 
 
 def test_lora_targets_parts_and_qlora_skips(tiny_qwen):

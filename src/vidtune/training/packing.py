@@ -75,7 +75,14 @@ def collate_packed(samples: Sequence[dict[str, torch.Tensor]], family: ModelFami
     return row
 
 
+def text_positions(position_ids: torch.Tensor) -> torch.Tensor:
+    """A packed row's 1-D positions: the row itself, or the first of a family's multi-dimensional positions
+    (transformers' packed 3-D rope positions lead with the 1-D ones the attention mask is built from)."""
+    return position_ids.reshape(-1, position_ids.shape[-1])[0]
+
+
 def sample_spans(position_ids: torch.Tensor) -> list[tuple[int, int]]:
     """(start, end) of every sample of a packed row, from its restarting positions."""
-    starts = [int(index) for index in torch.nonzero(position_ids.reshape(-1) == 0).flatten()]
-    return list(zip(starts, starts[1:] + [position_ids.numel()]))
+    positions = text_positions(position_ids)
+    starts = [int(index) for index in torch.nonzero(positions == 0).flatten()]
+    return list(zip(starts, starts[1:] + [positions.numel()]))
