@@ -16,7 +16,8 @@ import vidtune.predict
 import vidtune.train
 from vidtune.atomic import read_jsonl
 from vidtune.errors import ConfigError, ModelError
-from vidtune.families import all_families, family, family_for_architecture, family_for_folder
+from vidtune.config import schema_defaults
+from vidtune.families import ModelFamily, all_families, family, family_for_architecture, family_for_folder
 from vidtune.families.internvl import InternVLFamily
 from vidtune.modeling import collate, move_batch
 from vidtune.tiny_model import build_model, write_synthetic_dataset
@@ -77,6 +78,21 @@ def test_tiny_entries_build_by_their_family(tmp_path):
     assert json.loads((tmp_path / "tiny" / "config.json").read_text())["model_type"] == "internvl"
     with pytest.raises(ConfigError, match="unknown model family"):
         build_model(tmp_path / "other", {"tiny": {"family": "nope"}})
+
+
+def test_a_tiny_builds_size_is_known_before_it_is_built():
+    """InternVL counts its parameters from the settings; the default every family has measures a build."""
+    settings = {**schema_defaults("tiny_model"), "image_size": 16, "patch_size": 8, "text_layers": 1}
+    internvl = family("internvl")
+    counted = internvl.built_size("tiny", settings)
+    measured = ModelFamily.built_size(internvl, "tiny", settings)
+    # InternVL counts the tokenizer's whole vocabulary (1024) where the BPE fills fewer rows; the measure
+    # includes the file's header. Otherwise the same model.
+    unfilled_rows = (counted[2] - measured[2]) * settings["text_hidden_size"]
+    assert measured[1] == counted[1] == 4 and 0 <= unfilled_rows
+    assert abs(measured[0] - (counted[0] - unfilled_rows)) <= 0.01 * counted[0]
+    with pytest.raises(NotImplementedError, match="architecture"):
+        ModelFamily.built_size(internvl, "architecture", {"name": "internvl3-1b"})
 
 
 def test_batches_keep_every_key_and_move_floats_to_the_model_dtype():

@@ -20,6 +20,8 @@ What the core relies on:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -79,6 +81,18 @@ class MediaShape:
         """The shape of ``count`` of the frames spread evenly over the clip (what truncation keeps)."""
         times = None if self.frame_times is None else tuple(uniform_subset(list(self.frame_times), count))
         return dataclasses.replace(self, sizes=tuple(uniform_subset(list(self.sizes), count)), frame_times=times)
+
+
+@functools.lru_cache(maxsize=32)
+def _measured_tiny_size(family: "ModelFamily", settings: str) -> tuple[int, int, int]:
+    import tempfile
+
+    from vidtune.resources import folder_size
+
+    with tempfile.TemporaryDirectory() as temp:
+        family.build_tiny(Path(temp) / "model", json.loads(settings))
+        size = folder_size(Path(temp) / "model")
+    return size.weight_bytes // size.dtype_bytes, size.dtype_bytes, size.vocab_size
 
 
 def uniform_subset(items: list, count: int) -> list:
@@ -225,8 +239,14 @@ class ModelFamily:
     def built_size(self, kind: str, settings: dict) -> tuple[int, int, int]:
         """(parameters, bytes per parameter, vocabulary) of what :meth:`build_tiny` (``kind`` "tiny") or
         :meth:`build_architecture` ("architecture") makes of ``settings`` (defaults filled in), without
-        building it: the jobs' memory requests are planned from it when the workflow is parsed."""
-        raise NotImplementedError(f"{self.name}: built_size")
+        building it: the jobs' memory requests are planned from it when the workflow is parsed.
+
+        The default builds a tiny model once (per process and settings) in a temporary folder and measures
+        its weights; a family counts its architectures' parameters itself (building them would take minutes
+        and gigabytes)."""
+        if kind != "tiny":
+            raise NotImplementedError(f"{self.name}: built_size of an architecture (for the jobs' memory requests)")
+        return _measured_tiny_size(self, json.dumps(settings, sort_keys=True))
 
     # --- Helpers for the core -----------------------------------------------------------------------------
     def find_part(self, model: torch.nn.Module, part: str) -> tuple[str, torch.nn.Module] | None:
