@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from vidtune.atomic import read_jsonl
+from vidtune.config import schema_defaults
 from vidtune.families import Media, family_for_folder
 from vidtune.families.qwen2_5_vl import FAMILY
 from vidtune.merge import merge
@@ -229,8 +230,8 @@ def test_each_method_trains_and_merges(method, tiny_qwen, tmp_path):
 def test_one_step_at_the_real_qwen2_5_vl_3b_width(tmp_path):
     """Qwen2.5-VL-3B's published shape (2 layers each, a small vocabulary, random fp32 weights): a 448-pixel
     clip and image at the native patch size, one forward and backward."""
-    build_model(tmp_path / "model", {"architecture": {"name": "qwen2.5-vl-3b", "text_layers": 2, "vision_layers": 2,
-                                                      "vocab_size": 4096, "dtype": "float32"}})
+    architecture = {"name": "qwen2.5-vl-3b", "text_layers": 2, "vision_layers": 2, "vocab_size": 4096, "dtype": "float32"}
+    build_model(tmp_path / "model", {"architecture": architecture})
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     text, vision = config["text_config"], config["vision_config"]
     assert (text["hidden_size"], text["intermediate_size"], text["num_attention_heads"],
@@ -242,6 +243,9 @@ def test_one_step_at_the_real_qwen2_5_vl_3b_width(tmp_path):
     processor = FAMILY.load_processor(tmp_path / "model")
     assert processor.image_processor.size == {"shortest_edge": 3136, "longest_edge": 12845056}
     model = load_model(tmp_path / "model")
+    # The jobs' memory is planned from the count the family makes without building (vidtune.resources).
+    counted = FAMILY.built_size("architecture", {**schema_defaults("architecture"), **architecture})
+    assert counted == (sum(p.numel() for p in model.parameters()), 4, 4096)
     frames = [Image.new("RGB", (448, 448), colour) for colour in ("red", "green")]
     for media in (Media(frames, "video", (0.0, 0.5)), Media(frames[:1], "image")):
         encoded = FAMILY.encode(processor, media, "Describe it.", "a colour")

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from vidtune.atomic import read_jsonl
+from vidtune.config import schema_defaults
 from vidtune.families import Media, family_for_folder
 from vidtune.families.qwen3_vl import FAMILY
 from vidtune.merge import merge
@@ -174,8 +175,8 @@ def test_each_method_trains_and_merges(method, tiny_qwen3, tmp_path):
 def test_one_step_at_the_real_qwen3_vl_2b_width(tmp_path):
     """Qwen3-VL-2B's published shape (2 layers each, a small vocabulary, random fp32 weights): a 448-pixel
     clip and image at the native 16-pixel patches, one forward and backward."""
-    build_model(tmp_path / "model", {"architecture": {"name": "qwen3-vl-2b", "text_layers": 2, "vision_layers": 2,
-                                                      "vocab_size": 4096, "dtype": "float32"}})
+    architecture = {"name": "qwen3-vl-2b", "text_layers": 2, "vision_layers": 2, "vocab_size": 4096, "dtype": "float32"}
+    build_model(tmp_path / "model", {"architecture": architecture})
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     text, vision = config["text_config"], config["vision_config"]
     assert (text["hidden_size"], text["intermediate_size"], text["num_attention_heads"], text["num_key_value_heads"],
@@ -185,6 +186,9 @@ def test_one_step_at_the_real_qwen3_vl_2b_width(tmp_path):
     assert vision["deepstack_visual_indexes"] == [1]  # the published [5, 11, 17] beyond 2 layers: the last
     processor = FAMILY.load_processor(tmp_path / "model")
     model = load_model(tmp_path / "model")
+    # The jobs' memory is planned from the count the family makes without building (vidtune.resources).
+    counted = FAMILY.built_size("architecture", {**schema_defaults("architecture"), **architecture})
+    assert counted == (sum(p.numel() for p in model.parameters()), 4, 4096)
     frames = [Image.new("RGB", (448, 448), colour) for colour in ("red", "green")]
     for media in (Media(frames, "video", (0.0, 0.5)), Media(frames[:1], "image")):
         encoded = FAMILY.encode(processor, media, "Describe it.", "a colour")
