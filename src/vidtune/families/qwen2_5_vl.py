@@ -137,7 +137,8 @@ def qwen_tokenizer(chat_template: str, vocab_size: int = 1024) -> PreTrainedToke
     trained = build_tokenizer(vocab_size, QWEN_SPECIAL_TOKENS, chat_template)
     return PreTrainedTokenizerFast(
         tokenizer_object=trained.backend_tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        additional_special_tokens=[token for token in QWEN_SPECIAL_TOKENS if token not in ("<|endoftext|>", "<|im_end|>")],
+        additional_special_tokens=[token for token in QWEN_SPECIAL_TOKENS
+                                   if token not in ("<|endoftext|>", "<|im_end|>")],
         model_max_length=32768, padding_side="left", chat_template=chat_template)
 
 
