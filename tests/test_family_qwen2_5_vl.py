@@ -82,6 +82,19 @@ def test_a_clip_is_one_video_with_its_frames_times(processor):
     assert not VIDEO_KEYS - {"mm_token_type_ids"} & set(images)
 
 
+def test_uneven_frames_are_logged_once(processor, caplog, monkeypatch):
+    from vidtune.families import qwen2_5_vl
+
+    monkeypatch.setattr(qwen2_5_vl, "_logged_uneven", False)
+    with caplog.at_level(logging.INFO, logger=qwen2_5_vl.__name__):
+        FAMILY.encode(processor, clip(4), "Describe the video.")  # even: nothing to say
+        assert not caplog.records
+        for _ in range(2):
+            FAMILY.encode(processor, clip(4, times=(0.0, 0.2, 1.0, 1.5)), "Describe the video.")
+    assert [record.getMessage() for record in caplog.records] == [
+        "frames unevenly spaced (times 0, 0.2, 1, 1.5 s): rope time uses their mean spacing, 0.500 s (logged once)"]
+
+
 @pytest.mark.parametrize("media", [clip(4), clip(5, (48, 40), (0.0, 0.3, 0.5, 1.2, 1.3)), clip(1), image(),
                                    image((57, 23)), Media([image().frames[0], image((40, 64)).frames[0]], "image")],
                          ids=["4-frames", "5-uneven-frames", "1-frame", "image", "wide-image", "2-images"])
