@@ -35,6 +35,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from vidtune.check_training_data import check_dataset, write_training_meta  # noqa: E402
+from vidtune.families import family_for_folder  # noqa: E402
 from vidtune.modeling import load_processor  # noqa: E402
 from vidtune.tiny_model import build_architecture_model  # noqa: E402
 
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         processor = load_processor(work / "model")
         run_meta = write_dataset(work / "data", processor.tokenizer, args.samples)
         checked = check_dataset(work / "data" / "all.jsonl", work / "data", processor, work / "checked",
-                                dataset="clips", max_dynamic_patch=1, max_seq_length=8192, over_length="drop")
+                                family=family_for_folder(work / "model"), dataset="clips", max_dynamic_patch=1, max_seq_length=8192, over_length="drop")
         meta = work / "meta.json"
         write_training_meta(run_meta, {"clips": work / "checked" / "train.jsonl"}, meta)
         lengths = json.loads((work / "checked" / "lengths.json").read_text())

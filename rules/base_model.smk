@@ -1,6 +1,7 @@
 # Base models: a checkpoint folder given by path is used where it is, or, in InternVL's original layout
-# (InternVL2/2.5/3/3.5 as downloaded), converted to transformers' native InternVL once; a `tiny` model or a
-# named real `architecture` (InternVL3-1B/2B/8B, optionally with fewer layers) is built here with random weights.
+# (InternVL2/2.5/3/3.5 as downloaded), converted to transformers' native InternVL once; a `tiny` model of a
+# family or a named real `architecture` (e.g. InternVL3-1B/2B/8B, optionally with fewer layers) is built here
+# with random weights by its family (docs/families.md).
 
 
 rule build_model:
@@ -18,7 +19,7 @@ rule build_model:
     log:
         f"{RESULTS}/logs/build_model/{{model}}.log",
     message:
-        "Building the random-weight InternVL model {wildcards.model}"
+        "Building the random-weight model {wildcards.model}"
     threads: 1
     resources:
         mem_mb=model_memory("build_model", lambda wildcards: wildcards.model),

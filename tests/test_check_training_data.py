@@ -12,10 +12,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest
 
 from vidtune.atomic import read_jsonl
-from vidtune.check_training_data import check_dataset, combine_summaries, sample_length, write_training_meta
+from vidtune.check_training_data import check_dataset, combine_summaries, write_training_meta
 from vidtune.errors import DataError
 from vidtune.internvl_format import read_meta, record_media_paths, record_text
-from vidtune.modeling import encode_sample, load_images, load_processor
+from vidtune.families import Media
+from vidtune.families.internvl import FAMILY as INTERNVL
+from vidtune.modeling import load_images, load_processor, media_shape
 from vidtune.tiny_model import write_synthetic_dataset
 from vidtune.training.data import training_items
 
@@ -31,7 +33,7 @@ def processor(tiny):
 
 
 def _check(meta, processor, out, annotation="train.jsonl", max_seq_length=4096, over_length="drop"):
-    return check_dataset(meta.parent / annotation, meta.parent, processor, out, dataset="synthetic",
+    return check_dataset(meta.parent / annotation, meta.parent, processor, out, family=INTERNVL, dataset="synthetic",
                          max_dynamic_patch=6, max_seq_length=max_seq_length, over_length=over_length)
 
 
@@ -63,7 +65,8 @@ def test_bad_records_are_left_out_with_their_reason(meta, processor, tmp_path):
     missing = {**records[2], "video": "frames/gone/"}
     (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r) + "\n"
                                                 for r in [no_answer, mismatch, missing, *records[3:]]))
-    summary = check_dataset(tmp_path / "bad.jsonl", meta.parent, processor, tmp_path / "out", dataset="synthetic",
+    summary = check_dataset(tmp_path / "bad.jsonl", meta.parent, processor, tmp_path / "out", family=INTERNVL,
+                            dataset="synthetic",
                             max_dynamic_patch=6, max_seq_length=4096, over_length="drop")
     rejects = read_jsonl(tmp_path / "out" / "rejects.jsonl")
     assert [(r["record"], r["reason"].split(":")[0], r["stage"]) for r in rejects] == [
@@ -84,7 +87,7 @@ def test_over_long_videos_are_truncated_to_what_fits_or_left_out(meta, processor
     for record in read_jsonl(tmp_path / "truncated" / "train.jsonl"):
         text, paths = record_text(record), record_media_paths(record, meta.parent)
         assert text.placeholders == text.media_count == len(paths)
-        encoded = encode_sample(processor, load_images(paths), text.prompt, text.target, media_type=text.media_type)
+        encoded = INTERNVL.encode(processor, Media(load_images(paths), text.media_type), text.prompt, text.target)
         assert len(encoded["input_ids"]) <= limit  # what training encodes fits
     assert summary["tokens"]["longest"] <= limit
 
@@ -109,10 +112,9 @@ def test_length_is_what_training_encodes(meta, processor):
     dataset = read_meta(meta)[0]
     for record in dataset.records():
         text, paths = record_text(record), record_media_paths(record, dataset.root)
-        images = load_images(paths)
-        tiles = [1] * len(paths) if text.media_type == "video" else \
-            [len(encode_sample(processor, images, text.prompt, media_type="image",
-                               max_dynamic_patch=dataset.max_dynamic_patch)["pixel_values"])]
-        encoded = encode_sample(processor, images, text.prompt, text.target, media_type=text.media_type,
-                                max_dynamic_patch=dataset.max_dynamic_patch)
-        assert sample_length(processor, text.prompt, text.target, text.media_type, tiles) == len(encoded["input_ids"])
+        media = Media(load_images(paths), text.media_type, None, dataset.max_dynamic_patch)
+        encoded = INTERNVL.encode(processor, media, text.prompt, text.target)
+        # From the files' sizes (no pixel decoded), and from the decoded media: the same count.
+        shape = media_shape(paths, record, text.media_type, dataset.max_dynamic_patch)
+        assert shape.sizes == media.shape.sizes
+        assert INTERNVL.sample_length(processor, shape, text.prompt, text.target) == len(encoded["input_ids"])

@@ -42,6 +42,21 @@ def test_schema_errors_name_the_key(tmp_path, mutate, expected):
     assert expected in dry_run_error(tmp_path, mutate)
 
 
+@pytest.mark.parametrize("training, expected", [
+    ({"lora": {"vision": True}}, ["runs.demo.training", "lora.vision: true", "freeze_vision is true"]),
+    ({"lora": {"train_projector": True}, "freeze_projector": True},
+     ["runs.demo.training", "lora.train_projector: true and freeze_projector: true"]),
+    ({"freeze_language": True}, ["runs.demo.training", "freeze_language: true and lora.vision: false"]),
+])
+def test_contradicting_freeze_and_lora_settings_fail_at_parse_time(tmp_path, training, expected):
+    def mutate(config):
+        run = config["runs"]["demo"]["training"]
+        run.update({key: value for key, value in training.items() if key != "lora"})
+        run["lora"] = {**run.get("lora", {}), **training.get("lora", {})}
+    message = dry_run_error(tmp_path, mutate)
+    assert all(part in message for part in expected), message
+
+
 def test_missing_dataset_root(tmp_path):
     def mutate(config):
         config["datasets"]["mine"] = {"format": "jsonl", "root": str(tmp_path / "nowhere"),

@@ -37,6 +37,7 @@ from vidtune.tiny_model import write_synthetic_dataset
 from vidtune.atomic import read_jsonl
 from vidtune.train import main, train_job
 from vidtune.training.checkpoints import COMPLETE_MARKER
+from vidtune.families.internvl import FAMILY as INTERNVL
 from vidtune.training.data import EncodedDataset, training_items
 from vidtune.training.launch import cli_arguments, deepspeed_config, launch_command
 from vidtune.training.model import prepare_model
@@ -203,7 +204,7 @@ def test_two_processes_under_torchrun(deepspeed, packing, tiny, data, tmp_path):
     # tokens/s counts both processes' tokens: every sample's real tokens, twice (2 epochs).
     processor = load_processor(tiny)
     items = training_items(meta, 0, log)[0]
-    tokens = 2 * sum(int(sample["attention_mask"].sum()) for sample in EncodedDataset(items, processor))
+    tokens = 2 * sum(int(sample["attention_mask"].sum()) for sample in EncodedDataset(items, processor, INTERNVL))
     assert summary["tokens_per_s"] * summary["train_seconds"] == pytest.approx(tokens, rel=0.01)
     assert summary["weights_check"]["unchanged_tensors"] == 0
     assert (tmp_path / "train" / "final" / "adapter_model.safetensors").is_file()

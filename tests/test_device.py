@@ -78,7 +78,7 @@ def test_predictor_puts_model_and_batch_on_the_job_device(tiny, adapter_run, mon
             return generate(**batch)
 
         monkeypatch.setattr(predictor.model, "generate", spy)
-        samples = [(vidtune.predict.load_record_media(record, data), "Describe the video.", "video", 1)
+        samples = [(vidtune.predict.load_record_media(record, data, 1), "Describe the video.")
                    for record in records[:3]]
         answers = predictor.answer(samples)
         assert len(answers) == 3 and len(seen) == 2  # two batches of at most 2

@@ -28,7 +28,9 @@ from vidtune.internvl_checkpoint.chat_templates import TEMPLATES, chat_template,
 from vidtune.internvl_checkpoint.convert import convert_checkpoint
 from vidtune.internvl_checkpoint.export import export_original_layout
 from vidtune.internvl_checkpoint.layout import weight_files
-from vidtune.modeling import encode_sample, load_model, load_processor
+from vidtune.families import Media
+from vidtune.families.internvl import FAMILY as INTERNVL
+from vidtune.modeling import load_model, load_processor
 
 FIXTURES = REPO / "tests" / "data" / "internvl_original"
 BACKBONES = sorted(path.name for path in FIXTURES.iterdir() if (path / "reference.json").is_file())
@@ -88,8 +90,9 @@ def test_converted_processor_encodes_image_and_prompt_as_the_original(converted,
     assert settings["num_patches"] > 1  # tiling really happened
     processor = load_processor(converted(backbone))
     with Image.open((FIXTURES / backbone / settings["image"]).resolve()) as image:
-        encoded = encode_sample(processor, [image.convert("RGB")], settings["question"].split("\n", 1)[1],
-                                media_type="image", max_dynamic_patch=settings["max_dynamic_patch"])
+        encoded = INTERNVL.encode(processor, Media([image.convert("RGB")], "image", None,
+                                                   settings["max_dynamic_patch"]),
+                                  settings["question"].split("\n", 1)[1])
     assert encoded["input_ids"].tolist() == tensors["input_ids"][0].tolist()
     assert encoded["pixel_values"].shape == pixel_values.shape
     assert torch.allclose(encoded["pixel_values"], pixel_values, atol=1e-6)

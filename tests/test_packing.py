@@ -15,12 +15,14 @@ import torch
 from PIL import Image
 
 from vidtune.check_training_data import LENGTHS, check_dataset
-from vidtune.modeling import collate, encode_sample, load_processor
+from vidtune.families import Media
+from vidtune.families.internvl import FAMILY as INTERNVL
+from vidtune.modeling import collate, load_processor
 from vidtune.tiny_model import write_synthetic_dataset
 from vidtune.train import train
 from vidtune.training.batching import item_lengths, learned_logits_only, plan_batches
 from vidtune.training.checkpoints import COMPLETE_MARKER
-from vidtune.training.data import training_items
+from vidtune.training.data import item_media, training_items
 from vidtune.training.loading import data_workers
 from vidtune.training.model import prepare_model
 from vidtune.training.packing import collate_packed, plan_rows, sample_spans
@@ -73,10 +75,9 @@ def samples(tiny):
     def frames(count):
         return [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(count)]
 
-    encoded = [encode_sample(processor, frames(2), "Describe the video.", "a red square moves left"),
-               encode_sample(processor, frames(1), "Describe the image.", "blue", media_type="image",
-                             max_dynamic_patch=1),
-               encode_sample(processor, frames(3), "Describe the video.", "a green circle moves up and away")]
+    encoded = [INTERNVL.encode(processor, Media(frames(2)), "Describe the video.", "a red square moves left"),
+               INTERNVL.encode(processor, Media(frames(1), "image"), "Describe the image.", "blue"),
+               INTERNVL.encode(processor, Media(frames(3)), "Describe the video.", "a green circle moves up and away")]
     return encoded, processor
 
 
@@ -95,7 +96,7 @@ def _logits(model, batch):
 def test_no_attention_crosses_a_sample_boundary(tiny, samples, attention):
     encoded, processor = samples
     model = _model(tiny, attention)
-    packed = collate_packed(encoded)
+    packed = collate_packed(encoded, INTERNVL)
     assert "attention_mask" not in packed
     logits = _logits(model, packed)
     spans = sample_spans(packed["position_ids"])
@@ -104,8 +105,9 @@ def test_no_attention_crosses_a_sample_boundary(tiny, samples, attention):
         alone = _logits(model, collate([sample], processor.tokenizer.pad_token_id))
         assert torch.allclose(logits[start:end], alone, atol=1e-4), (attention, (logits[start:end] - alone).abs().max())
     # Another middle sample (other tokens, other frames) leaves the samples around it as they were.
-    changed = encode_sample(processor, [Image.new("RGB", (32, 32), "white")] * 2, "Describe it.", "nothing at all")
-    other = collate_packed([encoded[0], changed, encoded[2]])
+    changed = INTERNVL.encode(processor, Media([Image.new("RGB", (32, 32), "white")] * 2), "Describe it.",
+                              "nothing at all")
+    other = collate_packed([encoded[0], changed, encoded[2]], INTERNVL)
     other_logits = _logits(model, other)
     other_spans = sample_spans(other["position_ids"])
     for first, second in ((spans[0], other_spans[0]), (spans[2], other_spans[2])):
@@ -118,7 +120,7 @@ def test_no_attention_crosses_a_sample_boundary(tiny, samples, attention):
 def test_packed_labels_and_per_sample_losses_equal_the_unpacked(tiny, samples):
     encoded, processor = samples
     model = _model(tiny)
-    packed = collate_packed(encoded)
+    packed = collate_packed(encoded, INTERNVL)
     assert torch.equal(packed["labels"][0], torch.cat([sample["labels"] for sample in encoded]))
     assert torch.equal(packed["pixel_values"], torch.cat([sample["pixel_values"] for sample in encoded]))
     logits = _logits(model, packed)
@@ -144,7 +146,7 @@ def test_lora_gradients_of_a_packed_row_equal_a_padded_batchs(tiny, samples):
     # The padded batch with every logit, and what training feeds: logits at the learned positions only, padded
     # and packed.
     gradients = []
-    for batch in (padded, learned_logits_only(padded), learned_logits_only(collate_packed(encoded))):
+    for batch in (padded, learned_logits_only(padded), learned_logits_only(collate_packed(encoded, INTERNVL))):
         model.zero_grad()
         model(**batch, num_items_in_batch=torch.tensor(items)).loss.backward()
         gradients.append({name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad})
@@ -169,8 +171,8 @@ def _silent():
 def test_lengths_come_from_the_check_step(tiny, tmp_path):
     meta = write_synthetic_dataset(tmp_path / "data", 6, num_frames=2, size=32, images=2)
     processor = load_processor(tiny)
-    check_dataset(meta.parent / "train.jsonl", meta.parent, processor, tmp_path / "checked", dataset="synthetic",
-                  max_dynamic_patch=2, max_seq_length=4096, over_length="drop")
+    check_dataset(meta.parent / "train.jsonl", meta.parent, processor, tmp_path / "checked", family=INTERNVL,
+                  dataset="synthetic", max_dynamic_patch=2, max_seq_length=4096, over_length="drop")
     counted = json.loads((tmp_path / "checked" / LENGTHS).read_text())
     from vidtune.check_training_data import write_training_meta
 
@@ -178,16 +180,9 @@ def test_lengths_come_from_the_check_step(tiny, tmp_path):
     items, _ = training_items(tmp_path / "meta.json", 0, _silent())
     assert [item.tokens for item in items] == counted
     unchecked, _ = training_items(meta, 0, _silent())  # no lengths in this meta.json: counted the same way
-    assert item_lengths(unchecked, processor, _silent()) == counted
-    assert counted == [len(encode_sample(processor, _frames(item), item.prompt, item.target,
-                                         media_type=item.media_type,
-                                         max_dynamic_patch=item.max_dynamic_patch)["input_ids"]) for item in items]
-
-
-def _frames(item):
-    from vidtune.modeling import load_images
-
-    return load_images(item.paths)
+    assert item_lengths(unchecked, processor, INTERNVL, _silent()) == counted
+    assert counted == [len(INTERNVL.encode(processor, item_media(item), item.prompt, item.target)["input_ids"])
+                       for item in items]
 
 
 def test_packed_training_resumes_exactly(tiny, tmp_path):

@@ -98,7 +98,7 @@ def another_value(leaf, current):
         return next(value for value in spec["enum"] if value != current)
     if "anyOf" in spec:  # repeat_time: a share up to 1 or a whole number
         return 2 if current == 1 else 1
-    if spec.get("type") == "boolean":
+    if spec.get("type") in ("boolean", ["boolean", "null"]):  # lora.train_projector: null follows freeze_projector
         return not current
     if spec.get("type") == "integer":
         return current + 1 if current + 1 <= spec.get("maximum", current + 1) else current - 1

@@ -20,7 +20,9 @@ from conftest import Workflow, load_default_config
 from vidtune.atomic import read_jsonl
 from vidtune.check_training_data import check_record
 from vidtune.internvl_format import record_media_paths, record_text
-from vidtune.modeling import build_messages, encode_sample, load_images, load_model, load_processor, load_record_media
+from vidtune.families import Media
+from vidtune.families.internvl import FAMILY as INTERNVL
+from vidtune.modeling import load_images, load_model, load_processor, load_record_media
 from vidtune.training.model import lora_target_modules, prepare_model
 from vidtune.training.settings import TrainingSettings
 
@@ -86,34 +88,34 @@ def test_visual_tokens_per_sample_and_max_seq_length_at_448(real_run):
     records, root = _train_records(real_run)
     record = records[0]
     text = record_text(record)
-    images = load_record_media(record, root)
-    assert len(images) == FRAMES and min(images[0].size) == 448
-    sample = encode_sample(processor, images, text.prompt, text.target, media_type="video")
+    media = load_record_media(record, root, 6)
+    assert len(media.frames) == FRAMES and min(media.frames[0].size) == 448
+    sample = INTERNVL.encode(processor, media, text.prompt, text.target)
     context = int((sample["input_ids"] == processor.tokenizer.context_image_token_id).sum())
     assert context == FRAMES * TOKENS_PER_TILE
     assert tuple(sample["pixel_values"].shape) == (FRAMES, 3, 448, 448)
     length = len(sample["input_ids"])
-    rendered = processor.apply_chat_template(build_messages(text.prompt, "video", FRAMES, text.target))
+    rendered = INTERNVL.render(processor, text.prompt, media, text.target)
     assert rendered.startswith("<|im_start|>user\nFrame1: <IMG_CONTEXT>\n")
 
     # A limit between 5 and 6 frames' worth: truncate_frames keeps the most frames that fit, drop drops.
     per_frame = TOKENS_PER_TILE + 2 + len(processor.tokenizer("Frame1: \n")["input_ids"])
     limit = length - 2 * per_frame - 1
-    checked = check_record(processor, record, root, 6, limit, "truncate_frames", "train.jsonl")
+    checked = check_record(INTERNVL, processor, record, root, 6, limit, "truncate_frames", "train.jsonl")
     paths = record_media_paths(checked.record, root)
     assert 1 < len(paths) < FRAMES and checked.tokens <= limit and "truncated" in checked.reason
-    kept = encode_sample(processor, load_images(paths), text.prompt, text.target)
+    kept = INTERNVL.encode(processor, Media(load_images(paths)), text.prompt, text.target)
     assert len(kept["input_ids"]) == checked.tokens  # the check counts exactly what training encodes
-    assert len(encode_sample(processor, load_images(paths[:1] * (len(paths) + 1)), text.prompt,
-                             text.target)["input_ids"]) > limit  # one frame more would not fit
-    dropped = check_record(processor, record, root, 6, limit, "drop", "train.jsonl")
+    assert len(INTERNVL.encode(processor, Media(load_images(paths[:1] * (len(paths) + 1))), text.prompt,
+                               text.target)["input_ids"]) > limit  # one frame more would not fit
+    dropped = check_record(INTERNVL, processor, record, root, 6, limit, "drop", "train.jsonl")
     assert dropped.record is None and dropped.reason.startswith("over_length: ")
 
 
 def test_images_are_tiled_dynamically(real_run, tmp_path):
     processor = load_processor(real_run.path("results/models/internvl3-1b-2l"))
     wide = Image.new("RGB", (896, 448), (200, 30, 30))
-    sample = encode_sample(processor, [wide], "Describe the image.", media_type="image", max_dynamic_patch=6)
+    sample = INTERNVL.encode(processor, Media([wide], "image", None, 6), "Describe the image.")
     tiles = sample["pixel_values"].shape[0]
     assert tiles == 3  # two 448-pixel tiles plus the thumbnail
     assert int((sample["input_ids"] == processor.tokenizer.context_image_token_id).sum()) == tiles * TOKENS_PER_TILE
@@ -128,7 +130,7 @@ def test_qlora_quantises_the_real_layer_set(real_run):
     quantised = {name.removeprefix("base_model.model.").rsplit(".", 1)[0] if name.endswith(".base_layer")
                  else name.removeprefix("base_model.model.")
                  for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)}
-    expected = set(lora_target_modules(load_model(model_dir)))
+    expected = set(lora_target_modules(load_model(model_dir), INTERNVL))
     assert quantised == expected and len(expected) == 2 * 7  # q k v o gate up down in each text layer
     assert not any(part in name for name in quantised
                    for part in ("vision_tower", "multi_modal_projector", "lm_head"))

@@ -11,7 +11,10 @@ import torchvision  # noqa: F401 - the stock processor needs it; a failed import
 from PIL import Image
 from transformers import InternVLProcessor
 
-from vidtune.modeling import InternVLImageOnlyProcessor, encode_sample, load_processor
+from vidtune.families import Media
+from vidtune.families.internvl import FAMILY as INTERNVL
+from vidtune.families.internvl import InternVLImageOnlyProcessor
+from vidtune.modeling import load_processor
 from vidtune.tiny_model import build_architecture_model, synthetic_frames
 
 
@@ -30,8 +33,8 @@ def test_stock_processor_is_taken_and_encodes_like_the_image_only_one(real_shape
     frames = synthetic_frames("red", "circle", "left", 8, 448)
     wide = Image.new("RGB", (896, 448), (30, 200, 60))
     for images, media_type in ((frames, "video"), ([wide], "image")):
-        ours = encode_sample(image_only, images, "Describe it.", "a red circle", media_type=media_type)
-        theirs = encode_sample(stock, images, "Describe it.", "a red circle", media_type=media_type)
+        ours = INTERNVL.encode(image_only, Media(images, media_type), "Describe it.", "a red circle")
+        theirs = INTERNVL.encode(stock, Media(images, media_type), "Describe it.", "a red circle")
         assert torch.equal(ours["input_ids"], theirs["input_ids"])
         assert torch.equal(ours["labels"], theirs["labels"])
         assert torch.allclose(ours["pixel_values"], theirs["pixel_values"], atol=2e-2)

@@ -13,8 +13,10 @@ from safetensors.torch import load_file
 
 from vidtune.errors import MediaError, ModelError
 from vidtune.internvl_format import record_text
-from vidtune.modeling import (IGNORE_INDEX, build_messages, collate, encode_sample, load_model, load_processor,
-                              load_record_media)
+from vidtune.families import Media
+from vidtune.families.base import IGNORE_INDEX
+from vidtune.families.internvl import FAMILY as INTERNVL
+from vidtune.modeling import collate, load_model, load_processor, load_record_media
 from vidtune.tiny_model import build_tiny_model, synthetic_frames
 
 from conftest import TRAINING_TEST_MODEL
@@ -55,7 +57,7 @@ def test_tokenizer_encodes_demo_words_whole_and_any_text(tiny):
 def test_video_sample_labels_only_the_answer(tiny):
     processor = load_processor(tiny)
     frames = synthetic_frames("red", "circle", "left", num_frames=3, size=32)
-    sample = encode_sample(processor, frames, "Describe the video.", "a red circle moves left")
+    sample = INTERNVL.encode(processor, Media(frames), "Describe the video.", "a red circle moves left")
     text = processor.tokenizer.decode(sample["input_ids"])
     assert "Frame1: <img>" in text and "Frame3: <img>" in text and "Frame4" not in text
     assert sample["pixel_values"].shape == (3, 3, 32, 32)  # one tile per frame
@@ -65,7 +67,7 @@ def test_video_sample_labels_only_the_answer(tiny):
     assert answer == "a red circle moves left<|im_end|>"
     # The chat template's generation block marks the same tokens.
     masked = processor.apply_chat_template(
-        build_messages("Describe the video.", "video", 3, "a red circle moves left"), tokenize=True,
+        INTERNVL.build_messages("Describe the video.", Media(frames), "a red circle moves left"), tokenize=True,
         return_dict=True, return_assistant_tokens_mask=True,
         processor_kwargs={"images": frames, "images_kwargs": {"crop_to_patches": False}})
     assert torch.equal(torch.as_tensor(masked["assistant_masks"][0]).bool(), sample["labels"] != IGNORE_INDEX)
@@ -74,10 +76,9 @@ def test_video_sample_labels_only_the_answer(tiny):
 def test_image_sample_uses_dynamic_tiles_and_batches(tiny):
     processor = load_processor(tiny)
     wide = Image.new("RGB", (64, 32), (0, 0, 255))
-    image = encode_sample(processor, [wide], "Describe the image.", "a blue box", media_type="image",
-                          max_dynamic_patch=4)
+    image = INTERNVL.encode(processor, Media([wide], "image", None, 4), "Describe the image.", "a blue box")
     assert image["pixel_values"].shape[0] == 3  # 2 tiles + thumbnail
-    prompt_only = encode_sample(processor, [wide], "Describe the image.", media_type="image", max_dynamic_patch=1)
+    prompt_only = INTERNVL.encode(processor, Media([wide], "image", None, 1), "Describe the image.")
     assert "labels" not in prompt_only and prompt_only["pixel_values"].shape[0] == 1
     batch = collate([image, prompt_only], processor.tokenizer.pad_token_id, padding_side="left")
     assert batch["input_ids"].shape[0] == 2 and batch["pixel_values"].shape[0] == 4
@@ -94,21 +95,22 @@ def test_records_frames_sorted_by_number_and_errors(tmp_path):
     (clip / "notes.txt").write_text("ignored")
     record = {"id": "x", "video": "clip/", "conversations": [{"from": "human", "value": "<video>\nWhat?"},
                                                              {"from": "gpt", "value": "it"}]}
-    frames = load_record_media(record, tmp_path)
-    assert [frame.getpixel((0, 0))[0] for frame in frames] == pytest.approx([1, 2, 10], abs=3)
+    media = load_record_media(record, tmp_path, 1)
+    assert media.media_type == "video" and media.frame_times is None  # not extracted by vidtune: no times
+    assert [frame.getpixel((0, 0))[0] for frame in media.frames] == pytest.approx([1, 2, 10], abs=3)
     assert record_text(record).prompt == "What?" and record_text(record).placeholders == 1
     with pytest.raises(MediaError, match="record x"):
-        load_record_media({**record, "video": "missing/"}, tmp_path)
+        load_record_media({**record, "video": "missing/"}, tmp_path, 1)
     # The frame-list form: the list's order, one <image> per frame on InternVL's Frame-<i> lines.
     listed = {"id": "x", "image": ["clip/video_10.jpg", "clip/video_1.jpg"],
               "conversations": [{"from": "human", "value": "Frame-1: <image>\nFrame-2: <image>\nWhat?"},
                                 {"from": "gpt", "value": "it"}]}
-    frames = load_record_media(listed, tmp_path)
-    assert [frame.getpixel((0, 0))[0] for frame in frames] == pytest.approx([10, 1], abs=3)
+    media = load_record_media(listed, tmp_path, 1)
+    assert [frame.getpixel((0, 0))[0] for frame in media.frames] == pytest.approx([10, 1], abs=3)
     text = record_text(listed)
     assert (text.media_type, text.prompt, text.placeholders, text.media_count) == ("video", "What?", 2, 2)
     with pytest.raises(MediaError, match="record x"):
-        load_record_media({**listed, "image": ["clip/video_1.jpg", "clip/gone.jpg"]}, tmp_path)
+        load_record_media({**listed, "image": ["clip/video_1.jpg", "clip/gone.jpg"]}, tmp_path, 1)
 
 
 def test_not_a_model_folder_names_it(tmp_path):

@@ -26,6 +26,7 @@ from vidtune.train import train
 from vidtune.training.checkpoints import COMPLETE_MARKER
 from vidtune.training.data import repeat_records, training_items
 from vidtune.training.launch import deepspeed_config, launch_command
+from vidtune.families.internvl import FAMILY as INTERNVL
 from vidtune.training.model import check_weights_changed, lora_target_modules
 from vidtune.training.progress import ProgressLine
 from vidtune.training.settings import TrainingSettings
@@ -60,8 +61,32 @@ def test_each_method_learns(method, tiny, meta, tmp_path):
         assert summary[key] > 0
     assert summary["weights_check"]["unchanged_tensors"] == 0
     assert json.loads((tmp_path / "train_summary.json").read_text())["steps"] == 8
-    if method == "full":
-        assert summary["trainable_params"] < summary["total_params"]  # vision tower frozen by default
+    # The defaults: vision tower frozen; projector fully and language model (adapters or fully) trained.
+    parts = summary["trainable_parameters"]
+    assert parts["vision"] == 0 and parts["projector"] > 0 and parts["language"] > 0
+    assert sum(parts.values()) == summary["trainable_params"] < summary["total_params"]
+    assert summary["family"] == "internvl"
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "full"])
+def test_frozen_parts_get_no_weight_adapter_or_optimizer_state(method, tiny, meta, tmp_path):
+    """Only the vision tower trains (through adapters under LoRA): the projector and the language model get
+    no trainable weight, no adapter and no optimizer state."""
+    only_vision = {"freeze_vision": False, "freeze_projector": True, "freeze_language": True}
+    if method != "full":
+        only_vision["lora"] = {**FAST["lora"], "vision": True}
+    summary = train(meta, tiny, tmp_path, {**FAST, "epochs": 1, "save_steps": 1, "method": method, **only_vision})
+    parts = summary["trainable_parameters"]
+    assert parts["vision"] > 0 and parts["projector"] == parts["language"] == parts["other"] == 0
+    if method != "full":
+        from safetensors import safe_open
+
+        with safe_open(tmp_path / "final" / "adapter_model.safetensors", "pt") as handle:
+            saved = list(handle.keys())
+        assert saved and all(".vision_tower." in key for key in saved)
+    optimizer = torch.load(tmp_path / "checkpoints" / "checkpoint-1" / "optimizer.pt", weights_only=False)
+    in_optimizer = sum(len(group["params"]) for group in optimizer["param_groups"])
+    assert in_optimizer == summary["weights_check"]["trainable_tensors"] == len(optimizer["state"])
 
 
 def test_qlora_quantises_the_language_model_only(tiny):
@@ -80,11 +105,12 @@ def test_lora_targets_the_language_model_only(tiny):
     from vidtune.modeling import load_model
 
     model = load_model(tiny)
-    targets = lora_target_modules(model)
+    targets = lora_target_modules(model, INTERNVL)
     assert targets and all(name.startswith("model.language_model.") for name in targets)
     assert {name.rsplit(".", 1)[1] for name in targets} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                               "up_proj", "down_proj"}
-    assert any(".vision_tower." in name for name in lora_target_modules(model, vision=True))
+    assert any(".vision_tower." in name for name in lora_target_modules(model, INTERNVL, vision=True))
+    assert all(".vision_tower." in name for name in lora_target_modules(model, INTERNVL, language=False, vision=True))
 
 
 def test_both_video_forms_give_the_same_items_from_any_working_directory(meta, tmp_path, monkeypatch):

@@ -3,16 +3,16 @@
 A record is left out, with a reason of :mod:`vidtune.rejects`, when it has no answer (``no_answer``), its
 human turn has another number of media placeholders than it has media (``placeholder_mismatch``), a frame
 or image is missing (``missing_media``), or it is longer than ``max_seq_length`` tokens
-(``over_length``): its text through the model's own chat template and tokenizer, plus the visual tokens of
-its tiles (one per frame; an image's tiles by the processor's dynamic tiling). With ``over_length:
-truncate_frames`` a long video keeps the most frames that fit, spread evenly over the clip, and is written
-in InternVL's frame-list form.
+(``over_length``): its tokens as the model's family counts them (its text through the model's own chat
+template and tokenizer, plus the visual tokens of its frames or images, from their sizes: no pixel is
+decoded). With ``over_length: truncate_frames`` a long video keeps the most frames that fit, spread evenly
+over the clip, and is written in the frame-list form.
 
 It runs per run and dataset (the check depends on the run's model and settings and on the dataset's
 records) and writes the accepted records (``train.jsonl``, untouched but for truncation), their lengths in
 tokens (``lengths.json``, in the same order: what length-grouped batches and packing plan with),
 ``rejects.jsonl`` and ``summary.json``. :func:`write_training_meta` then makes the run's ``meta.json`` of the checked records,
-InternVL files again, which training reads without checking again; a check that accepts the same records as
+in the same file format, which training reads without checking again; a check that accepts the same records as
 before (another ``max_seq_length`` that changes nothing) leaves training as it was.
 """
 
@@ -28,7 +28,9 @@ from pathlib import Path
 from vidtune.atomic import read_jsonl, write_json, write_jsonl
 from vidtune.errors import DataError
 from vidtune.internvl_format import (frame_list_record, read_meta, record_media_paths, record_text)
-from vidtune.modeling import build_messages
+from vidtune.families import ModelFamily
+from vidtune.families.base import uniform_subset
+from vidtune.modeling import media_shape
 from vidtune.rejects import reason, reason_code
 
 log = logging.getLogger(__name__)
@@ -45,35 +47,8 @@ class Checked:
     tokens: int | None = None
 
 
-def sample_length(processor, prompt: str, target: str, media_type: str, num_tiles: list[int]) -> int:
-    """Tokens of a sample as training encodes it: the rendered text, each media placeholder replaced by its
-    tiles x the tokens per tile, plus its <img></img> pair."""
-    text = processor.apply_chat_template(build_messages(prompt, media_type, len(num_tiles), target))
-    text_tokens = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
-    return text_tokens - len(num_tiles) + sum(tiles * processor.image_seq_length + 2 for tiles in num_tiles)
-
-
-def image_tiles(processor, path: Path, record: dict, max_dynamic_patch: int) -> int:
-    """How many tiles the processor makes of an image (its size from the record, else from the file)."""
-    from PIL import Image
-
-    if "width" in record and "height" in record:
-        width, height = int(record["width"]), int(record["height"])
-    else:
-        with Image.open(path) as image:
-            width, height = image.size
-    kwargs = {"crop_to_patches": max_dynamic_patch > 1, "max_patches": max_dynamic_patch}
-    return processor.image_processor.get_number_of_image_patches(height, width, kwargs)
-
-
-def uniform_subset(paths: list[Path], count: int) -> list[Path]:
-    """``count`` of the frames, spread evenly (the middle of each of ``count`` equal stretches)."""
-    step = len(paths) / count
-    return [paths[int(step * index + step / 2)] for index in range(count)]
-
-
-def check_record(processor, record: dict, root: Path, max_dynamic_patch: int, max_seq_length: int,
-                 over_length: str, file: str) -> Checked:
+def check_record(family: ModelFamily, processor, record: dict, root: Path, max_dynamic_patch: int,
+                 max_seq_length: int, over_length: str, file: str) -> Checked:
     text = record_text(record, file)
     if text.target is None or not text.target.strip():
         return Checked(None, reason("no_answer", "the record has no gpt turn with an answer"))
@@ -84,16 +59,13 @@ def check_record(processor, record: dict, root: Path, max_dynamic_patch: int, ma
     if not paths:
         media = record.get("video", record.get("image"))
         return Checked(None, reason("missing_media", f"no frames or image at {media} (under {root})"))
-    if text.media_type == "image":
-        tiles = [image_tiles(processor, paths[0], record, max_dynamic_patch)]
-    else:
-        tiles = [1] * len(paths)
-    length = sample_length(processor, text.prompt, text.target, text.media_type, tiles)
+    shape = media_shape(paths, record, text.media_type, max_dynamic_patch)
+    length = family.sample_length(processor, shape, text.prompt, text.target)
     if length <= max_seq_length:
         return Checked(record, None, length)
     if over_length == "truncate_frames" and text.media_type == "video":
         for count in range(len(paths) - 1, 0, -1):
-            shorter = sample_length(processor, text.prompt, text.target, "video", [1] * count)
+            shorter = family.sample_length(processor, shape.with_count(count), text.prompt, text.target)
             if shorter <= max_seq_length:
                 frames = [os.path.relpath(path, root) for path in uniform_subset(paths, count)]
                 return Checked(frame_list_record(str(record.get("id")), frames, text.prompt, text.target),
@@ -101,16 +73,18 @@ def check_record(processor, record: dict, root: Path, max_dynamic_patch: int, ma
     return Checked(None, reason("over_length", f"{length} tokens, over max_seq_length {max_seq_length}"), length)
 
 
-def check_dataset(annotation: str | Path, root: str | Path, processor, out_dir: str | Path, *, dataset: str,
-                  max_dynamic_patch: int, max_seq_length: int, over_length: str) -> dict:
-    """Check one dataset's training records; write ``train.jsonl`` (the accepted ones), ``lengths.json`` (their
+def check_dataset(annotation: str | Path, root: str | Path, processor, out_dir: str | Path, *,
+                  family: ModelFamily, dataset: str, max_dynamic_patch: int, max_seq_length: int,
+                  over_length: str) -> dict:
+    """Check one dataset's training records for a model of ``family`` (``processor``: the model's); write ``train.jsonl`` (the accepted ones), ``lengths.json`` (their
     token counts), ``rejects.jsonl`` and ``summary.json`` under ``out_dir``; return the summary. Record paths
     stay relative to ``root``."""
     out_dir, file = Path(out_dir), str(annotation)
     records = read_jsonl(annotation)
     accepted, rejects, truncated, lengths, started = [], [], [], [], time.perf_counter()
     for number, record in enumerate(records, 1):
-        checked = check_record(processor, record, Path(root), max_dynamic_patch, max_seq_length, over_length, file)
+        checked = check_record(family, processor, record, Path(root), max_dynamic_patch, max_seq_length,
+                               over_length, file)
         record_id = str(record.get("id"))
         if checked.record is None:
             rejects.append({"file": file, "record": record_id, "reason": checked.reason, "dataset": dataset,

@@ -125,9 +125,16 @@ def check_model_folder(path: str | Path, key: str, config_file: str = "config") 
     from vidtune.internvl_checkpoint.layout import (UnsupportedCheckpoint, is_original_layout,
                                                     read_original_checkpoint, supported_summary)
 
+    from vidtune.errors import ModelError
+    from vidtune.families import family_for_folder
+
     problem = model_folder_problem(path)
     if problem:
         raise ConfigError(f"{key}: {path}: {problem[0]}", file=config_file, fix=problem[1])
+    try:
+        family_for_folder(path)
+    except ModelError as error:
+        raise ConfigError(f"{key}: {error.problem}", file=error.file, fix=error.fix) from None
     if is_original_layout(path):
         try:
             read_original_checkpoint(path)

@@ -17,14 +17,12 @@ import torch
 
 from vidtune.atomic import atomic_dir, write_json
 from vidtune.errors import ModelError
-from vidtune.internvl_checkpoint.export import export_original_layout
+from vidtune.families import ModelFamily, family_for_folder
 from vidtune.internvl_format import record_text
-from vidtune.modeling import (DATASET_DEFAULTS, checkpoint_dtype, collate, encode_sample, job_device,
-                              load_adapter_model, load_model, load_processor, load_record_media, move_batch,
-                              read_run_settings)
+from vidtune.modeling import (DATASET_DEFAULTS, checkpoint_dtype, collate, job_device, load_adapter_model,
+                              load_model, load_record_media, move_batch, read_run_settings)
 
 CHECK_RECORDS = 3
-ORIGINAL_LAYOUT_FOLDER = "original_layout"
 log = logging.getLogger(__name__)
 
 
@@ -41,16 +39,16 @@ def _logits(model, batches: list[dict], device: str, dtype: torch.dtype) -> list
     return [model(**move_batch(batch, device, dtype)).logits.float().cpu() for batch in batches]
 
 
-def check_batches(processor, records: list[dict], root: Path, max_dynamic_patch: int) -> list[dict]:
+def check_batches(family: ModelFamily, processor, records: list[dict], root: Path, max_dynamic_patch: int) \
+        -> list[dict]:
     """One single-sample batch per check record (prompt and answer, as in training)."""
     batches = []
     for record in records[:CHECK_RECORDS]:
         text = record_text(record)
-        images = load_record_media(record, root)
-        sample = encode_sample(processor, images, text.prompt, text.target, media_type=text.media_type,
-                               max_dynamic_patch=max_dynamic_patch)
+        sample = family.encode(processor, load_record_media(record, root, max_dynamic_patch), text.prompt,
+                               text.target)
         sample.pop("labels", None)
-        batches.append(collate([sample], processor.tokenizer.pad_token_id))
+        batches.append(collate([sample], processor.tokenizer.pad_token_id, sequence_keys=family.sequence_keys))
     return batches
 
 
@@ -58,8 +56,8 @@ def merge(base_dir: Path, trained_dir: Path, out_dir: Path, check_records: list[
           tolerance: float | None = None, original_base: Path | None = None) -> dict:
     """Write the merged model to out_dir and return the check (also in out_dir/merge_check.json).
 
-    With ``original_base`` (the run's base as given, in InternVL's original layout) the merged model is also
-    written in that layout to out_dir/original_layout, for InternVL's own tools.
+    With ``original_base`` (the run's base as given, where the workflow converted it from another layout) the
+    family finishes the folder (InternVL: the merged model in its original layout too, in original_layout/).
 
     The merge runs on the job's GPU when it has one, else on the CPU, always in the checkpoint's own dtype,
     so the merged folder has the base's dtype. The check passes when the largest logit difference on the
@@ -69,14 +67,15 @@ def merge(base_dir: Path, trained_dir: Path, out_dir: Path, check_records: list[
     """
     base_dir, trained_dir, out_dir = Path(base_dir), Path(trained_dir), Path(out_dir)
     settings = read_run_settings(trained_dir)
-    processor = load_processor(trained_dir)
+    family = family_for_folder(base_dir)
+    processor = family.load_processor(trained_dir)
     if not check_records:
         raise ModelError("no records to check the merge on", file=str(trained_dir),
                          fix="pass a few training or test records")
     # Both models see the same inputs, so any dataset's tiling proves the merge: the fewest tiles, fastest.
     tiling = min((dataset["max_dynamic_patch"] for dataset in settings.get("datasets", {}).values()),
                  default=DATASET_DEFAULTS["max_dynamic_patch"])
-    batches = check_batches(processor, check_records, Path(root), tiling)
+    batches = check_batches(family, processor, check_records, Path(root), tiling)
     is_adapter = (trained_dir / "adapter_config.json").is_file()
     device, _ = job_device(base_dir)
     dtype = checkpoint_dtype(base_dir if is_adapter else trained_dir)
@@ -119,7 +118,6 @@ def merge(base_dir: Path, trained_dir: Path, out_dir: Path, check_records: list[
                              f"{check['max_abs_logit_difference']:.3g} (allowed {allowed:.3g} = tolerance "
                              f"{tolerance:g} x largest logit {scale:.3g}; finite: {finite})",
                              file=str(trained_dir), fix="re-run training; the adapter may be damaged")
-        if original_base is not None:
-            check["original_layout"] = export_original_layout(temp, original_base, temp / ORIGINAL_LAYOUT_FOLDER)
+        check.update(family.finish_merged_folder(temp, None if original_base is None else Path(original_base)))
         write_json(temp / "merge_check.json", check)
     return check

@@ -1,125 +1,52 @@
-"""Model, processor and the one prompt format shared by training, merging, prediction and the CLI.
+"""Model loading, batching and media: the model-family-independent half of turning samples into model inputs.
 
-Everything that turns (frames or an image, a prompt, an optional answer) into model inputs lives here, so
-a model is always asked the same way it was trained: the model folder's own chat template, video frames
-as ``Frame1: <image>\\nFrame2: <image>...`` with one tile each (InternVL's video expansion), images with up
-to ``max_dynamic_patch`` tiles plus a thumbnail (InternVL's dynamic tiling).
+What differs between families (the prompt format, the processor's inputs, token counts, module names) is
+the family's (:mod:`vidtune.families`), found from the model folder's config.json; this module loads
+checkpoints, pads and stacks whatever tensors a family's processor returns, and reads a record's media.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
-import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor, InternVLConfig, InternVLProcessor
-from transformers.processing_utils import ProcessorMixin
-from transformers.utils import is_torchvision_available
+from transformers import AutoModelForImageTextToText
 
 from vidtune.config import model_folder_problem, schema_defaults
 from vidtune.errors import MediaError, ModelError
-from vidtune.internvl_format import record_media_paths
+from vidtune.families import Media, MediaShape, ModelFamily, family_for_folder
+from vidtune.families.base import IGNORE_INDEX
+from vidtune.internvl_format import record_media_paths, record_text
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 DATASET_DEFAULTS = schema_defaults("dataset")  # the prompt and tiling of a model trained without vidtune
-# Modules never quantised by QLoRA (full module paths; bitsandbytes matches short names too loosely).
-QLORA_SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
+PAD_FILLS = {"labels": IGNORE_INDEX}  # what pads a per-token key (input_ids: the pad token; others: 0)
 
 
 # --- Processor ---------------------------------------------------------------------------------------------
 
-class InternVLImageOnlyProcessor(InternVLProcessor):
-    """InternVLProcessor without a video processor (which needs torchvision): frames go in as images.
-
-    The folder it saves still names ``InternVLProcessor``, so the stock processor loads it where
-    torchvision is installed.
-    """
-
-    def __init__(self, image_processor=None, tokenizer=None, image_seq_length: int = 256, chat_template=None,
-                 **kwargs):
-        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
-        self.image_seq_length = image_seq_length
-        self.start_image_token = tokenizer.start_image_token
-        self.end_image_token = tokenizer.end_image_token
-        self.start_image_token_id = tokenizer.start_image_token_id
-        self.end_image_token_id = tokenizer.end_image_token_id
-        self.image_token = tokenizer.context_image_token
-        self.video_token = tokenizer.video_token
-        self.image_token_id = tokenizer.context_image_token_id
-        self.multimodal_pattern = re.compile(
-            f"(?P<image>{re.escape(self.image_token)})|(?P<video>{re.escape(self.video_token)})")
-
-    def save_pretrained(self, save_directory, **kwargs):
-        result = super().save_pretrained(save_directory, **kwargs)
-        _name_stock_processor(Path(save_directory))
-        return result
-
-
-AutoProcessor.register(InternVLConfig, InternVLImageOnlyProcessor, exist_ok=True)
-
-
-def _name_stock_processor(folder: Path) -> None:
-    """Make the saved configs name the stock InternVLProcessor (and its video processor)."""
-    import json
-
-    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
-        path = folder / name
-        if path.is_file():
-            data = json.loads(path.read_text())
-            if "processor_class" in data or name == "processor_config.json":
-                data["processor_class"] = "InternVLProcessor"
-                path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    video_config = folder / "video_preprocessor_config.json"
-    if not video_config.exists():
-        image = json.loads((folder / "preprocessor_config.json").read_text()) \
-            if (folder / "preprocessor_config.json").is_file() else {}
-        size = image.get("size", {"height": 448, "width": 448})
-        video_config.write_text(json.dumps({
-            "video_processor_type": "InternVLVideoProcessor", "processor_class": "InternVLProcessor",
-            "do_resize": True, "size": size, "do_rescale": True, "rescale_factor": 1 / 255,
-            "do_normalize": True, "image_mean": image.get("image_mean", [0.485, 0.456, 0.406]),
-            "image_std": image.get("image_std", [0.229, 0.224, 0.225]), "do_convert_rgb": True,
-            "initial_shift": True, "do_sample_frames": False,
-        }, indent=2, sort_keys=True) + "\n")
-
-
-def load_processor(path: str | Path):
-    """The stock AutoProcessor where its video processor is usable, else the image-only InternVL processor.
-
-    Images are resized by PIL (the image processor's pil backend), as InternVL's own preprocessing does
-    (torchvision's transforms on PIL images): the same tiles as the checkpoint saw in its training, not the
-    slightly different pixels of a tensor resize.
-    """
-    from transformers import AutoImageProcessor
-
-    path = Path(path)
-    if not path.is_dir():
-        raise ModelError("model folder not found", file=path, fix="check the model path in the config")
-    try:
-        processor = AutoProcessor.from_pretrained(path) if is_torchvision_available() \
-            else InternVLImageOnlyProcessor.from_pretrained(path)
-        processor.image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
-        return processor
-    except (OSError, ValueError, KeyError, AttributeError) as error:
-        raise ModelError(f"cannot load the processor: {error}", file=path,
-                         fix="the folder needs the tokenizer and preprocessor files of an InternVL checkpoint") \
-            from error
+def load_processor(path: str | Path, family: ModelFamily | None = None):
+    """The processor of a model folder, by its family (default: the folder's own, from its config.json)."""
+    return (family or family_for_folder(path)).load_processor(path)
 
 
 # --- Model -------------------------------------------------------------------------------------------------
 
-def quantization_config(dtype: torch.dtype = torch.bfloat16):
-    """QLoRA's 4-bit nf4 with double quantisation; vision tower, projector and lm_head stay unquantised."""
+def quantization_config(family: ModelFamily, dtype: torch.dtype = torch.bfloat16):
+    """QLoRA's 4-bit nf4 with double quantisation; the family's skipped modules (its vision tower, projector
+    and lm_head) stay unquantised."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=QLORA_SKIP_MODULES)
+                              bnb_4bit_compute_dtype=dtype,
+                              llm_int8_skip_modules=list(family.qlora_skip_modules))
 
 
 def check_model_dir(path: str | Path) -> Path:
@@ -138,8 +65,6 @@ def check_model_dir(path: str | Path) -> Path:
 
 def checkpoint_dtype(path: str | Path) -> torch.dtype:
     """The dtype a checkpoint's weights were saved in (config.json's dtype; float32 when it names none)."""
-    import json
-
     try:
         config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -172,14 +97,15 @@ def job_device(path: str | Path) -> tuple[str, torch.dtype]:
 
 def move_batch(batch: dict[str, torch.Tensor], device: str | torch.device, dtype: torch.dtype) \
         -> dict[str, torch.Tensor]:
-    """The batch on the model's device; pixel values in the model's dtype, token ids and masks as they are."""
-    return {key: value.to(device, dtype=dtype if key == "pixel_values" else None)
-            for key, value in batch.items()}
+    """The batch on the model's device: every floating tensor (pixel values, a video's seconds per grid) in
+    the model's dtype, the others (token ids, masks, grid sizes) as they are; every key is kept."""
+    return {key: value.to(device, dtype=dtype if value.is_floating_point() else None)
+            if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
 
 
 def load_model(path: str | Path, *, quantization: str | None = None,
                dtype: torch.dtype | str | None = None, device: str | None = None):
-    """Load an InternVL (or any image-text-to-text) checkpoint from safetensors; ``quantization="nf4"`` = QLoRA.
+    """Load an image-text-to-text checkpoint from safetensors; ``quantization="nf4"`` = QLoRA.
 
     ``device`` (``cuda:0``, ``cpu``) loads the weights straight onto it; by default they stay on the CPU.
     """
@@ -193,7 +119,7 @@ def load_model(path: str | Path, *, quantization: str | None = None,
         if quantization != "nf4":
             raise ModelError(f"unknown quantization {quantization!r}", file=path, fix="use nf4 or none")
         compute = dtype if isinstance(dtype, torch.dtype) else torch.bfloat16
-        kwargs["quantization_config"] = quantization_config(compute)
+        kwargs["quantization_config"] = quantization_config(family_for_folder(path), compute)
         kwargs["dtype"] = compute
         if torch.cuda.is_available():  # 4-bit weights are quantised on the process's own GPU
             kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
@@ -215,90 +141,21 @@ def _disable_avx512bf16_repack(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-# --- Prompt format -----------------------------------------------------------------------------------------
+# --- Batches ---------------------------------------------------------------------------------------------
 
-def build_messages(prompt: str, media_type: str, num_images: int, target: str | None = None) -> list[dict]:
-    """The conversation for one sample: frames as ``Frame<i>: <image>`` lines for video, images first."""
-    if media_type not in ("video", "image"):
-        raise ValueError(f"media_type must be video or image, not {media_type!r}")
-    content: list[dict] = []
-    for index in range(num_images):
-        if media_type == "video":
-            content.append({"type": "text", "text": f"Frame{index + 1}: "})
-        content.append({"type": "image"})
-    content.append({"type": "text", "text": prompt})
-    messages = [{"role": "user", "content": content}]
-    if target is not None:
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": target}]})
-    return messages
-
-
-def _images_kwargs(media_type: str, max_dynamic_patch: int) -> dict:
-    if media_type == "video":
-        return {"crop_to_patches": False}
-    return {"crop_to_patches": max_dynamic_patch > 1, "max_patches": max_dynamic_patch}
-
-
-def encode_sample(processor, images: Sequence[Image.Image], prompt: str, target: str | None = None, *,
-                  media_type: str = "video",
-                  max_dynamic_patch: int = DATASET_DEFAULTS["max_dynamic_patch"]) -> dict[str, torch.Tensor]:
-    """Model inputs for one sample: 1-D input_ids/attention_mask (+labels with a target), pixel_values.
-
-    Labels are -100 everywhere but the assistant's answer and the end-of-turn token that closes it.
-    Without a target the text ends with the assistant header, ready for generation.
-    """
-    template = processor.apply_chat_template
-    prompt_text = template(build_messages(prompt, media_type, len(images)), add_generation_prompt=True)
-    kwargs = {"images_kwargs": _images_kwargs(media_type, max_dynamic_patch), "return_tensors": "pt"}
-    prompt_inputs = processor(images=list(images), text=prompt_text, **kwargs)
-    if target is None:
-        return {"input_ids": prompt_inputs["input_ids"][0], "attention_mask": prompt_inputs["attention_mask"][0],
-                "pixel_values": prompt_inputs["pixel_values"]}
-    full_text = template(build_messages(prompt, media_type, len(images), target))
-    if not full_text.startswith(prompt_text):
-        raise ModelError("the chat template does not render the answer after the generation prompt",
-                         fix="use a chat template whose add_generation_prompt output prefixes the full turn")
-    full = processor(images=list(images), text=full_text, **kwargs)
-    input_ids = full["input_ids"][0]
-    num_prompt = prompt_inputs["input_ids"].shape[1]
-    if not torch.equal(input_ids[:num_prompt], prompt_inputs["input_ids"][0]):
-        raise ModelError("the prompt tokenises differently inside the full conversation",
-                         fix="end the chat template's generation prompt with a newline or special token")
-    labels = torch.full_like(input_ids, IGNORE_INDEX)
-    answer_end = len(input_ids)
-    end_ids = _end_of_turn_ids(processor.tokenizer)
-    for position in range(num_prompt, len(input_ids)):
-        if int(input_ids[position]) in end_ids:
-            answer_end = position + 1
-            break
-    labels[num_prompt:answer_end] = input_ids[num_prompt:answer_end]
-    return {"input_ids": input_ids, "attention_mask": full["attention_mask"][0], "labels": labels,
-            "pixel_values": full["pixel_values"]}
-
-
-# The tokens that close an answer in the chat templates of InternVL's checkpoints (Qwen/InternLM, Phi-3,
-# GPT-OSS, Llama-3).
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|end|>", "<|return|>", "<|eot_id|>")
-
-
-def _end_of_turn_ids(tokenizer) -> set[int]:
-    ids = {tokenizer.eos_token_id}
-    for token in END_OF_TURN_TOKENS:
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-            ids.add(token_id)
-    return {i for i in ids if i is not None}
-
-
-def collate(samples: Sequence[dict[str, torch.Tensor]], pad_token_id: int, padding_side: str = "right") \
-        -> dict[str, torch.Tensor]:
-    """Pad encoded samples into a batch (left padding for generation) and stack their tiles."""
+def collate(samples: Sequence[dict[str, torch.Tensor]], pad_token_id: int, padding_side: str = "right",
+            sequence_keys: Iterable[str] = ModelFamily.sequence_keys) -> dict[str, torch.Tensor]:
+    """Encoded samples as one batch, keeping every key: the per-token ones (``sequence_keys``, the family's)
+    padded into rows (left padding for generation), every other tensor (pixel values, grid sizes, ...) of the
+    samples that have it concatenated along dim 0, in the samples' order."""
     length = max(len(sample["input_ids"]) for sample in samples)
-    fills = {"input_ids": pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+    keys = dict.fromkeys(key for sample in samples for key in sample)
     batch: dict[str, torch.Tensor] = {}
-    for key, fill in fills.items():
-        if not any(key in sample for sample in samples):
+    for key in keys:
+        if key not in sequence_keys:
+            batch[key] = torch.cat([sample[key] for sample in samples if key in sample])
             continue
+        fill = PAD_FILLS.get(key, 0) if key != "input_ids" else pad_token_id
         rows = []
         for sample in samples:
             # A sample without labels (a prompt only) learns nothing.
@@ -306,21 +163,64 @@ def collate(samples: Sequence[dict[str, torch.Tensor]], pad_token_id: int, paddi
             pad = torch.full((length - len(values),), fill, dtype=values.dtype)
             rows.append(torch.cat([pad, values] if padding_side == "left" else [values, pad]))
         batch[key] = torch.stack(rows)
-    batch["pixel_values"] = torch.cat([sample["pixel_values"] for sample in samples])
     return batch
 
 
-# --- Media of InternVL-format records ---------------------------------------------------------------------
+# --- Media of records ------------------------------------------------------------------------------------
 
-def load_record_media(record: dict, root: str | Path) -> list[Image.Image]:
-    """The record's frames (video) or its image, as RGB PIL images."""
+def load_record_media(record: dict, root: str | Path, max_dynamic_patch: int) -> Media:
+    """The record's frames (video, with their times where vidtune extracted them) or its image."""
     paths = record_media_paths(record, root)
     if not paths:
         media = record.get("video", record.get("image"))
         raise MediaError("media not found (no frames in the folder, or no image file)",
                          file=str(Path(root) / str(media)), record=str(record.get("id")),
                          fix="re-run frame extraction, or fix the dataset root")
-    return load_images(paths, str(record.get("id")))
+    media_type = record_text(record).media_type
+    return Media(load_images(paths, str(record.get("id"))), media_type,
+                 frame_times(paths) if media_type == "video" else None, max_dynamic_patch)
+
+
+def frame_times(paths: Sequence[Path]) -> tuple[float, ...] | None:
+    """The frames' times in their clip (seconds), from the frames.json vidtune's extraction writes beside
+    each frames/ folder; None when any frame has none (frames extracted by something else)."""
+    times = []
+    for path in paths:
+        found = _extracted_times(Path(path).parent).get(Path(path).name)
+        if found is None:
+            return None
+        times.append(found)
+    return tuple(times)
+
+
+@functools.lru_cache(maxsize=4096)
+def _extracted_times(frames_folder: Path) -> dict[str, float]:
+    try:
+        record = json.loads((frames_folder.parent / "frames.json").read_text(encoding="utf-8"))
+        return {name: float(time) for name, time in zip(record["frames"], record["timestamps"], strict=True)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def media_shape(paths: Sequence[Path], record: dict, media_type: str, max_dynamic_patch: int) -> MediaShape:
+    """What a token count needs of a record's media, without decoding it: each image's size (the record's
+    width/height where it has them, else the file header), a video's frames all the size of its first, and
+    the frames' times."""
+    if "width" in record and "height" in record:
+        first = (int(record["width"]), int(record["height"]))
+    else:
+        first = _image_size(paths[0])
+    if media_type == "video":
+        sizes = [first] * len(paths)
+    else:
+        sizes = [first] + [_image_size(path) for path in paths[1:]]
+    return MediaShape(tuple(sizes), media_type, frame_times(paths) if media_type == "video" else None,
+                      max_dynamic_patch)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:  # reads the header only
+        return image.size
 
 
 def load_images(paths: Sequence[Path], record_id: str | None = None) -> list[Image.Image]:

@@ -1,6 +1,6 @@
 """Captions from a base, adapter or merged model, asked exactly as in training.
 
-Library: :func:`predict_records` (InternVL JSONL records -> ``{"id", "prediction"}``). Command line::
+Library: :func:`predict_records` (JSONL records -> ``{"id", "prediction"}``). Command line::
 
     python -m vidtune.predict --model DIR [--adapter DIR] --video FILE_OR_FRAME_FOLDER [--prompt TEXT] [--dataset D]
     python -m vidtune.predict --model DIR [--adapter DIR] --image FILE [--prompt TEXT] [--dataset D]
@@ -27,16 +27,16 @@ from vidtune.atomic import read_jsonl, write_jsonl
 from vidtune.config import schema_defaults
 from vidtune.errors import VidtuneError, command_line
 from vidtune.internvl_format import record_media_paths, record_text
-from vidtune.modeling import (DATASET_DEFAULTS, collate, encode_sample, job_device, load_adapter_model,
-                              load_images, load_model, load_processor, load_record_media, move_batch,
-                              read_run_settings)
+from vidtune.families import Media, family_for_folder
+from vidtune.modeling import (DATASET_DEFAULTS, collate, frame_times, job_device, load_adapter_model, load_images,
+                              load_model, load_record_media, move_batch, read_run_settings)
 
 EVALUATION_DEFAULTS = schema_defaults("evaluation")
 log = logging.getLogger(__name__)
 
 
-# One sample to answer: its images, prompt, media type ("video" or "image") and most tiles per image.
-Sample = tuple[list, str, str, int]
+# One sample to answer: its media (frames or images, with the dataset's tiling) and its prompt.
+Sample = tuple[Media, str]
 
 
 class Predictor:
@@ -55,15 +55,15 @@ class Predictor:
         self.model_dir = Path(adapter_dir or model_dir)
         self.evaluation = {**EVALUATION_DEFAULTS, **(evaluation or {})}
         self.device, self.dtype = job_device(model_dir)
+        self.family = family_for_folder(model_dir)
         if adapter_dir is not None:
             self.model = load_adapter_model(model_dir, adapter_dir, dtype=self.dtype, device=self.device)
-            self.processor = load_processor(adapter_dir)
         else:
             self.model = load_model(model_dir, dtype=self.dtype, device=self.device)
-            self.processor = load_processor(model_dir)
+        self.processor = self.family.load_processor(adapter_dir or model_dir)
         self.model.eval()
-        # The checkpoint's own stop tokens (a converted InternVL checkpoint's include its template's end of
-        # answer, as InternVL's chat() stops there), else the tokenizer's end of sequence.
+        # The checkpoint's own stop tokens (a converted checkpoint's include its template's end of answer, as
+        # the original chat() stops there), else the tokenizer's end of sequence.
         self.stop_ids = self.model.generation_config.eos_token_id or self.processor.tokenizer.eos_token_id
         log.info("predicting on %s in %s", self.device, str(self.dtype).removeprefix("torch."))
 
@@ -87,18 +87,14 @@ class Predictor:
         return {**defaults, **self.datasets[dataset]}
 
     def record_samples(self, records: Sequence[dict], root: Path, datasets: Sequence[str | None]) -> list[Sample]:
-        """The samples of InternVL records (media relative to root), each with its dataset's tiling."""
-        samples = []
-        for record, dataset in zip(records, datasets, strict=True):
-            text = record_text(record)
-            samples.append((load_record_media(record, root), text.prompt, text.media_type,
-                            int(self.settings(dataset)["max_dynamic_patch"])))
-        return samples
+        """The samples of records (media relative to root), each with its dataset's tiling."""
+        return [(load_record_media(record, root, int(self.settings(dataset)["max_dynamic_patch"])),
+                 record_text(record).prompt)
+                for record, dataset in zip(records, datasets, strict=True)]
 
     def inputs(self, samples: Sequence[Sample]) -> list[dict]:
-        """What the model is fed for each sample: its prompt in the chat template, its images tiled."""
-        return [encode_sample(self.processor, images, prompt, media_type=media_type, max_dynamic_patch=tiling)
-                for images, prompt, media_type, tiling in samples]
+        """What the model is fed for each sample: the family's encoding of its media and prompt."""
+        return [self.family.encode(self.processor, media, prompt) for media, prompt in samples]
 
     def answer(self, samples: Sequence[Sample]) -> list[str]:
         """Greedy (unless configured otherwise) answers for the samples."""
@@ -107,7 +103,8 @@ class Predictor:
         size = self.evaluation["batch_size"]
         for start in range(0, len(samples), size):
             batch = move_batch(collate(self.inputs(samples[start:start + size]), tokenizer.pad_token_id,
-                                       padding_side="left"), self.device, self.dtype)
+                                       padding_side="left", sequence_keys=self.family.sequence_keys),
+                               self.device, self.dtype)
             torch.manual_seed(0)
             with torch.no_grad():
                 output = self.model.generate(
@@ -125,7 +122,7 @@ def predict_records(model_dir: Path, records: list[dict], root: Path, evaluation
                     adapter_dir: Path | None = None,
                     datasets: str | Sequence[str] | None = None,
                     dataset_settings: dict[str, dict] | None = None) -> list[dict]:
-    """``{"id", "prediction"}`` for each InternVL JSONL record (media relative to root), in order.
+    """``{"id", "prediction"}`` for each JSONL record (media relative to root), in order.
 
     ``datasets`` names the dataset each record comes from (one name for all), whose tiling it is asked
     with; ``dataset_settings`` gives settings by dataset over those stored at training (see
@@ -147,13 +144,16 @@ def predict_records(model_dir: Path, records: list[dict], root: Path, evaluation
     return [{"id": record.get("id"), "prediction": answer} for record, answer in zip(records, answers)]
 
 
-def video_frames(path: Path, frames_config: dict) -> list:
-    """Frames of a video file, sampled as in training; a folder of extracted frames is read as is."""
+def video_frames(path: Path, frames_config: dict) -> tuple[list, tuple[float, ...] | None]:
+    """Frames of a video file, sampled as in training, with their times; a folder of extracted frames is read
+    as is (with their times where vidtune extracted them)."""
     if path.is_dir():
-        return load_images(record_media_paths({"video": path.name + "/"}, path.parent), str(path))
-    from vidtune.frames import FrameSettings, sample_frames
+        paths = record_media_paths({"video": path.name + "/"}, path.parent)
+        return load_images(paths, str(path)), frame_times(paths)
+    from vidtune.frames import FrameSettings, read_frames
 
-    return sample_frames(path, FrameSettings.from_config(frames_config))
+    frames, times = read_frames(path, FrameSettings.from_config(frames_config))
+    return frames, tuple(times)
 
 
 @command_line
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     media = parser.add_mutually_exclusive_group(required=True)
     media.add_argument("--video", type=Path, help="a video file, or a folder of extracted frames")
     media.add_argument("--image", type=Path, help="an image file")
-    media.add_argument("--jsonl", type=Path, help="InternVL JSONL records to caption")
+    media.add_argument("--jsonl", type=Path, help="JSONL records (InternVL's format) to caption")
     parser.add_argument("--out", type=Path, help="with --jsonl: where to write {id, prediction} lines")
     parser.add_argument("--root", type=Path, help="with --jsonl: media root (default: the JSONL's folder)")
     parser.add_argument("--prompt", help="the question (default: the prompt the model was trained with)")
@@ -189,9 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = predictor.settings(args.dataset)
     prompt, tiling = args.prompt or settings["prompt"], int(settings["max_dynamic_patch"])
     if args.video:
-        sample = (video_frames(args.video, settings["frames"]), prompt, "video", tiling)
+        frames, times = video_frames(args.video, settings["frames"])
+        sample = (Media(frames, "video", times, tiling), prompt)
     else:
-        sample = (load_images([args.image], str(args.image)), prompt, "image", tiling)
+        sample = (Media(load_images([args.image], str(args.image)), "image", None, tiling), prompt)
     print(predictor.answer([sample])[0])
     return 0
 

@@ -11,8 +11,9 @@ OUT_OF_MEMORY) asks :data:`RETRY_FACTOR` times more.
 
 The model's size is known when the workflow is parsed, before anything is built, so a preflight sees the
 memory of every job: a folder's ``*.safetensors`` (or ``*.bin``) files, or the parameter count of a ``tiny``
-or ``architecture`` build times its dtype's bytes (:func:`internvl_parameters`, the count transformers' own
-InternVL classes have; tests/test_resources.py checks it against them).
+or ``architecture`` build times its dtype's bytes, as the model's family counts it without building it
+(``ModelFamily.built_size``; InternVL's is :func:`internvl_parameters`, the count transformers' own InternVL
+classes have; tests/test_resources.py checks it against them).
 """
 
 from __future__ import annotations
@@ -127,15 +128,17 @@ def folder_size(folder: str | Path) -> ModelSize:
 
 def model_size(spec: dict, folder: str | Path) -> ModelSize:
     """The size of a config's model entry: a folder's files, or what a `tiny` or `architecture` build makes."""
+    from vidtune.families import family, family_for_architecture
+
     if "architecture" in spec:
         settings = {**schema_defaults("architecture"), **spec["architecture"]}
-        text, vision = architecture_dims(settings)
-        dtype_bytes = DTYPE_BYTES[settings["dtype"]]
-        return ModelSize(internvl_parameters(text, vision) * dtype_bytes, dtype_bytes, text["vocab_size"])
-    if "tiny" in spec:
-        text, vision = tiny_dims({**schema_defaults("tiny_model"), **spec["tiny"]})
-        return ModelSize(internvl_parameters(text, vision) * 4, 4, text["vocab_size"])  # built in float32
-    return folder_size(folder)
+        parameters, dtype_bytes, vocab = family_for_architecture(settings["name"]).built_size("architecture", settings)
+    elif "tiny" in spec:
+        settings = {**schema_defaults("tiny_model"), **spec["tiny"]}
+        parameters, dtype_bytes, vocab = family(settings["family"]).built_size("tiny", settings)
+    else:
+        return folder_size(folder)
+    return ModelSize(parameters * dtype_bytes, dtype_bytes, vocab)
 
 
 # The published shapes of the InternVL3-*-hf checkpoints (their config.json): the vision tower InternViT-300M

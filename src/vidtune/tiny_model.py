@@ -20,7 +20,7 @@ from transformers.models.internvl.configuration_internvl import InternVLVisionCo
 
 from vidtune.atomic import atomic_dir
 from vidtune.config import schema_defaults
-from vidtune.modeling import InternVLImageOnlyProcessor
+from vidtune.families.internvl import InternVLImageOnlyProcessor
 
 DEFAULTS = schema_defaults("tiny_model")
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
@@ -243,11 +243,14 @@ def build_architecture_model(out_dir: Path, settings: dict, device: str = "cpu")
 
 
 def build_model(out_dir: Path, spec: dict) -> None:
-    """Build a model config entry's ``tiny`` or ``architecture`` model into out_dir."""
+    """Build a model config entry's ``tiny`` or ``architecture`` model into out_dir, by its family: the tiny
+    entry's ``family`` (default internvl), or the family whose architecture it names."""
+    from vidtune.families import DEFAULT_FAMILY, family, family_for_architecture
+
     if "architecture" in spec:
-        build_architecture_model(out_dir, spec["architecture"])
+        family_for_architecture(spec["architecture"]["name"]).build_architecture(Path(out_dir), spec["architecture"])
     else:
-        build_tiny_model(out_dir, spec["tiny"])
+        family(spec["tiny"].get("family", DEFAULT_FAMILY)).build_tiny(Path(out_dir), spec["tiny"])
 
 
 # --- A synthetic caption task for tests and benchmarks -----------------------------------------------------

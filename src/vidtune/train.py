@@ -1,4 +1,5 @@
-"""Finetune an InternVL checkpoint on InternVL-format data (meta.json + JSONL): LoRA, QLoRA or full.
+"""Finetune a checkpoint of any model family (vidtune.families) on InternVL-format data (meta.json + JSONL):
+LoRA, QLoRA or full.
 
 The recipe, top to bottom: typed settings, processor and model, dataset and collator, the Trainer (which
 counts tokens, fills DeepSpeed's "auto" values and resumes), then vidtune's own checks of what came out: the
@@ -29,7 +30,7 @@ from transformers.trainer_pt_utils import get_model_param_count
 from vidtune.atomic import atomic_dir, read_json, write_json
 from vidtune.errors import ConfigError, command_line
 from vidtune.internvl_checkpoint.convert import conversion_record
-from vidtune.modeling import load_processor
+from vidtune.families import family_for_folder
 from vidtune.report import loss_curve
 from vidtune.training.batching import PlannedBatches, item_lengths, plan_batches, training_collator
 from vidtune.training.checkpoints import (CheckpointCallback, checkpoint_step, install_signal_handlers,
@@ -37,7 +38,7 @@ from vidtune.training.checkpoints import (CheckpointCallback, checkpoint_step, i
 from vidtune.training.data import EncodedDataset, training_items
 from vidtune.training.launch import cli_arguments, deepspeed_available, deepspeed_config, launch
 from vidtune.training.loading import BatchStats, MeasuredTrainer, dataloader_arguments, data_workers, job_threads
-from vidtune.training.model import check_weights_changed, prepare_model, trainable_fingerprints
+from vidtune.training.model import check_weights_changed, prepare_model, trainable_fingerprints, trainable_parameters
 from vidtune.training.progress import ProgressLine
 from vidtune.training.settings import CUDA_ONLY_OPTIMIZERS, TrainingSettings
 
@@ -92,25 +93,27 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, settings: TrainingSet
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
 
-    processor = load_processor(model_dir)
+    family = family_for_folder(model_dir)
+    processor = family.load_processor(model_dir)
     items, datasets = training_items(meta_path, settings.seed, log)
-    model = prepare_model(model_dir, settings, log)
+    model = prepare_model(model_dir, settings, log, family)
     before = trainable_fingerprints(model)
 
     resume = latest_complete_checkpoint(out_dir / "checkpoints", log)
     if resume is not None:
         log.info("resuming from %s (step %d): optimizer, scheduler, RNG and data position restored",
                  resume, checkpoint_step(resume))
-    samples = EncodedDataset(items, processor)
+    samples = EncodedDataset(items, processor, family)
     plan = None
     if settings.batching != "fixed":
-        plan = plan_batches(item_lengths(items, processor, log), settings.batching, batch_size=settings.batch_size,
+        plan = plan_batches(item_lengths(items, processor, family, log), settings.batching, batch_size=settings.batch_size,
                             tokens_per_batch=settings.tokens_per_batch,
                             packing_max_tokens=settings.packing_max_tokens, seed=settings.seed)
         samples = PlannedBatches(samples, plan)
         log.info("batching: %s, %d micro-batches of %.1f samples on average", settings.batching, len(plan),
                  len(items) / len(plan))
-    collator = training_collator(processor.tokenizer.pad_token_id, planned=plan is not None, packed=settings.packing)
+    collator = training_collator(processor.tokenizer.pad_token_id, planned=plan is not None, packed=settings.packing,
+                                 family=family, model_config=model.config)
     workers = data_workers(settings.data_workers, job_threads(), int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     args = training_arguments(settings, out_dir / "checkpoints", len(plan) if plan else len(items), log,
                               batch_size=1 if plan else None, workers=workers)
@@ -146,6 +149,7 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, settings: TrainingSet
     loaded = batch_stats.totals(trainer.accelerator)  # every process: a sum over them
     trainable, total = (model.get_nb_trainable_parameters() if hasattr(model, "get_nb_trainable_parameters")
                         else (get_model_param_count(model, True), get_model_param_count(model)))
+    per_part = trainable_parameters(model, family)
     if not trainer.is_world_process_zero():
         return {}
     with atomic_dir(out_dir / "final") as final:
@@ -154,7 +158,8 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, settings: TrainingSet
         _sort_adapter_targets(final / "adapter_config.json")
         processor.save_pretrained(final)
         conversion = conversion_record(model_dir)  # a converted base: name the folder the user gave
-        write_json(final / "vidtune.json", {"method": settings.method, "base_model": str(model_dir),
+        write_json(final / "vidtune.json", {"method": settings.method, "family": family.name,
+                                           "base_model": str(model_dir),
                                            **({"base_model_original": conversion["source"]} if conversion else {}),
                                            "datasets": datasets})
     shutil.rmtree(staging, ignore_errors=True)
@@ -176,6 +181,7 @@ def train(meta_path: Path, model_dir: Path, out_dir: Path, settings: TrainingSet
         "data_wait_share": round(loaded["data_wait_s"] / seconds, 4) if seconds else None,
         "peak_memory_gib": round(peak, 3), "peak_memory_kind": peak_kind,
         "trainable_params": trainable, "total_params": total, "num_samples": len(items),
+        "family": family.name, "trainable_parameters": per_part,
         "final_loss": history[-1]["loss"] if history else None, "train_loss": result.training_loss,
         "warmup_steps": args.warmup_steps, "bf16": settings.uses_bf16,
         "deepspeed": settings.deepspeed if args.deepspeed else "none",

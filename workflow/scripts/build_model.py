@@ -1,4 +1,4 @@
-"""Build a randomly initialised InternVL model folder, tiny or of a named architecture (rule build_model)."""
+"""Build a randomly initialised model folder, tiny or of a named architecture, by its family (rule build_model)."""
 
 from vidtune.runtime import start_script
 

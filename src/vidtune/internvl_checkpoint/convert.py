@@ -148,7 +148,7 @@ def native_tokenizer(checkpoint: OriginalCheckpoint):
 def native_processor(checkpoint: OriginalCheckpoint, tokenizer):
     from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
-    from vidtune.modeling import InternVLImageOnlyProcessor
+    from vidtune.families.internvl import InternVLImageOnlyProcessor
 
     dynamic = bool(checkpoint.config.get("dynamic_image_size", True))
     image_processor = GotOcr2ImageProcessorPil(

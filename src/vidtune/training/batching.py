@@ -21,8 +21,9 @@ from typing import Sequence
 import torch
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from vidtune.check_training_data import image_tiles, sample_length
-from vidtune.modeling import IGNORE_INDEX, collate
+from vidtune.families import ModelFamily
+from vidtune.families.base import IGNORE_INDEX
+from vidtune.modeling import collate, media_shape
 from vidtune.training.data import TrainItem
 from vidtune.training.packing import collate_packed, plan_rows
 
@@ -69,21 +70,16 @@ def plan_batches(lengths: Sequence[int], batching: str, *, batch_size: int, toke
     raise ValueError(f"no plan for batching {batching!r}")
 
 
-def item_lengths(items: Sequence[TrainItem], processor, log: logging.Logger) -> list[int]:
+def item_lengths(items: Sequence[TrainItem], processor, family: ModelFamily, log: logging.Logger) -> list[int]:
     """Every item's length in tokens: the check step's count where meta.json has it, else counted now the way
     the check step counts (a meta.json written by something else)."""
     missing = [item for item in items if item.tokens is None]
     if missing:
         log.info("%d samples have no token count from the check step: counting them now", len(missing))
-    return [item.tokens if item.tokens is not None else _count_tokens(processor, item) for item in items]
-
-
-def _count_tokens(processor, item: TrainItem) -> int:
-    if item.media_type == "image":
-        tiles = [image_tiles(processor, item.paths[0], {}, item.max_dynamic_patch)]
-    else:
-        tiles = [1] * len(item.paths)
-    return sample_length(processor, item.prompt, item.target, item.media_type, tiles)
+    return [item.tokens if item.tokens is not None else
+            family.sample_length(processor, media_shape(item.paths, {}, item.media_type, item.max_dynamic_patch),
+                                 item.prompt, item.target)
+            for item in items]
 
 
 class PlannedBatches(torch.utils.data.Dataset):
@@ -112,13 +108,19 @@ def learned_logits_only(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return {**batch, "logits_to_keep": keep, "shift_labels": predicted[keep]}
 
 
-def training_collator(pad_token_id: int, planned: bool, packed: bool):
-    """What turns the Trainer's batch (samples, or one planned micro-batch) into model inputs."""
-    return functools.partial(_collate, pad_token_id=pad_token_id, planned=planned, packed=packed)
+def training_collator(pad_token_id: int, planned: bool, packed: bool, family: ModelFamily, model_config=None):
+    """What turns the Trainer's batch (samples, or one planned micro-batch) into model inputs: every tensor the
+    family's processor returned, batched (``model_config``: for a family whose packed positions need it)."""
+    return functools.partial(_collate, pad_token_id=pad_token_id, planned=planned, packed=packed, family=family,
+                             model_config=model_config)
 
 
-def _collate(batch: list, pad_token_id: int, planned: bool, packed: bool) -> dict[str, torch.Tensor]:
+def _collate(batch: list, pad_token_id: int, planned: bool, packed: bool, family: ModelFamily,
+             model_config=None) -> dict[str, torch.Tensor]:
     if planned:
         (batch,) = batch  # the Trainer's batch of one planned micro-batch
-    inputs = collate_packed(batch) if packed else collate(batch, pad_token_id=pad_token_id, padding_side="right")
+    if packed:
+        inputs = collate_packed(batch, family, model_config)
+    else:
+        inputs = collate(batch, pad_token_id=pad_token_id, padding_side="right", sequence_keys=family.sequence_keys)
     return learned_logits_only(inputs)

@@ -1,6 +1,6 @@
-"""The training data: the records of an InternVL meta.json (as the check_training_data step wrote it),
-repeated as its ``repeat_time`` says, with their lengths in tokens where the check step counted them, and
-encoded on the fly by the model's own processor."""
+"""The training data: the records of a meta.json (as the check_training_data step wrote it), repeated as its
+``repeat_time`` says, with their lengths in tokens where the check step counted them, and encoded on the fly
+by the model's family with the model's own processor."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import torch
 
 from vidtune.errors import DataError
 from vidtune.internvl_format import MetaDataset, read_meta, record_media_paths, record_text
-from vidtune.modeling import encode_sample, load_images
+from vidtune.families import Media, ModelFamily
+from vidtune.modeling import frame_times, load_images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,15 +86,21 @@ def training_items(meta_path: str | Path, seed: int, log: logging.Logger) -> tup
     return items, datasets
 
 
+def item_media(item: TrainItem) -> Media:
+    """The item's frames or image, decoded (frames with their times where vidtune extracted them)."""
+    times = frame_times(item.paths) if item.media_type == "video" else None
+    return Media(load_images(item.paths, item.id), item.media_type, times, item.max_dynamic_patch)
+
+
 class EncodedDataset(torch.utils.data.Dataset):
-    def __init__(self, items: list[TrainItem], processor):
-        self.items, self.processor = items, processor
+    """The items, each encoded by the family when the data loader asks for it."""
+
+    def __init__(self, items: list[TrainItem], processor, family: ModelFamily):
+        self.items, self.processor, self.family = items, processor, family
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
-        images = load_images(item.paths, item.id)
-        return encode_sample(self.processor, images, item.prompt, item.target, media_type=item.media_type,
-                             max_dynamic_patch=item.max_dynamic_patch)
+        return self.family.encode(self.processor, item_media(item), item.prompt, item.target)

@@ -14,6 +14,8 @@ import time
 import torch
 from transformers import Trainer, TrainerCallback
 
+from vidtune.training.packing import sample_spans
+
 MAX_WORKERS = 8
 PREFETCH_BATCHES = 2  # per worker
 
@@ -56,7 +58,7 @@ class BatchStats(TrainerCallback):
             self.samples += input_ids.shape[0]
         else:  # a packed row: every token is a sample's; a sample starts where its positions restart
             self.tokens += input_ids.numel()
-            self.samples += int((batch["position_ids"] == 0).sum()) if "position_ids" in batch else input_ids.shape[0]
+            self.samples += len(sample_spans(batch["position_ids"])) if "position_ids" in batch else input_ids.shape[0]
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._since = (self.wait_s, time.perf_counter())

@@ -1,5 +1,13 @@
-"""The model a method trains: which parts are trainable (LoRA targets, frozen parts, QLoRA's 4-bit base),
-and the check afterwards that training moved them."""
+"""The model a method trains: which parts are trainable (frozen parts, LoRA targets, QLoRA's 4-bit base),
+the trainable parameters per part, and the check afterwards that training moved them.
+
+One story for every method: ``freeze_vision``/``freeze_projector``/``freeze_language`` say which parts of
+the model train. ``full`` trains the parts not frozen, weight by weight. ``lora``/``qlora`` train the
+language model through adapters (unless it is frozen), the vision tower through adapters where
+``lora.vision`` is set (which needs ``freeze_vision: false``), and the projector fully unless it is frozen
+(``lora.train_projector: false`` says the same as ``freeze_projector: true``). A frozen part has no
+trainable parameter, no adapter and so no optimizer state; the config check rejects contradictions.
+"""
 
 from __future__ import annotations
 
@@ -11,45 +19,52 @@ import torch
 from torch import nn
 
 from vidtune.errors import ModelError
+from vidtune.families import ModelFamily, family_for_folder
+from vidtune.families.base import PARTS
 from vidtune.modeling import load_model
 from vidtune.training.settings import TrainingSettings
 
-# Linear layers LoRA targets in the language model: Qwen2/Llama-style and InternLM2-style names.
-LANGUAGE_LORA_TARGETS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-                         "wqkv", "wo", "w1", "w2", "w3"}
-# Submodule names in transformers' InternVL and in InternVL's own (remote-code) checkpoints.
-PART_NAMES = {"vision": ("vision_tower", "vision_model"), "projector": ("multi_modal_projector", "mlp1"),
-              "language": ("language_model",)}
 
-
-def find_part(model: nn.Module, part: str) -> tuple[str, nn.Module] | None:
-    """The (shortest-named) submodule for vision/projector/language, under any wrapper prefix."""
-    matches = [(name, module) for name, module in model.named_modules()
-               if name.rsplit(".", 1)[-1] in PART_NAMES[part]]
-    return min(matches, key=lambda match: len(match[0])) if matches else None
-
-
-def lora_target_modules(model: nn.Module, vision: bool = False) -> list[str]:
-    """Full names of the language model's attention/MLP linears (plus the vision tower's linears if asked)."""
-    language = find_part(model, "language")
-    if language is None:
-        raise ModelError("cannot find the language model to put LoRA on",
-                         fix="use an InternVL checkpoint (transformers' or InternVL's own layout)")
-    prefix = language[0] + "."
-    targets = [name for name, module in model.named_modules()
-               if name.startswith(prefix) and isinstance(module, nn.Linear)
-               and name.rsplit(".", 1)[-1] in LANGUAGE_LORA_TARGETS]
-    if vision and (tower := find_part(model, "vision")) is not None:
+def lora_target_modules(model: nn.Module, family: ModelFamily, *, language: bool = True,
+                        vision: bool = False) -> list[str]:
+    """Full names of the language model's attention/MLP linears (the family's short names) where
+    ``language``, plus every linear of the vision tower where ``vision``."""
+    targets = []
+    if language:
+        found = family.find_part(model, "language")
+        if found is None:
+            raise ModelError(f"cannot find the language model to put LoRA on ({family.name}: "
+                             f"{', '.join(family.part_names['language'])})",
+                             fix=f"use a {family.name} checkpoint in transformers' layout")
+        prefix = found[0] + "."
         targets += [name for name, module in model.named_modules()
-                    if name.startswith(tower[0] + ".") and isinstance(module, nn.Linear)]
-    if not targets:
-        raise ModelError("no q/k/v/o/gate/up/down (or wqkv/wo/w1/w2/w3) linears in the language model",
-                         fix="use method full for this architecture")
+                    if name.startswith(prefix) and isinstance(module, nn.Linear)
+                    and name.rsplit(".", 1)[-1] in family.language_lora_targets]
+        if not targets:
+            raise ModelError(f"no {'/'.join(sorted(family.language_lora_targets))} linears in the language model",
+                             fix="use method full for this architecture")
+    if vision and (tower := family.find_part(model, "vision")) is not None:
+        # A projector inside the tower (Qwen2-VL's merger) is no LoRA target: it trains fully or is frozen.
+        projector = family.find_part(model, "projector")
+        inside = projector[0] + "." if projector and projector[0].startswith(tower[0] + ".") else None
+        targets += [name for name, module in model.named_modules()
+                    if name.startswith(tower[0] + ".") and isinstance(module, nn.Linear)
+                    and not (inside and name.startswith(inside))]
     return targets
 
 
-def prepare_model(model_dir: Path, settings: TrainingSettings, log: logging.Logger):
+def frozen_parts(settings: TrainingSettings) -> dict[str, bool]:
+    """Which parts the settings keep frozen (``lora.train_projector: false`` freezes the projector too)."""
+    lora_method = settings.method in ("lora", "qlora")
+    return {"vision": settings.freeze_vision,
+            "projector": settings.freeze_projector or (lora_method and settings.lora.train_projector is False),
+            "language": settings.freeze_language}
+
+
+def prepare_model(model_dir: Path, settings: TrainingSettings, log: logging.Logger,
+                  family: ModelFamily | None = None):
     """Load the base model and make exactly the chosen parts trainable."""
+    family = family or family_for_folder(model_dir)
     method, bf16 = settings.method, settings.uses_bf16
     if method == "qlora":
         model = load_model(model_dir, quantization="nf4", dtype=torch.bfloat16)
@@ -63,33 +78,63 @@ def prepare_model(model_dir: Path, settings: TrainingSettings, log: logging.Logg
     model.config.get_text_config().use_cache = False
     if settings.attention != model.config._attn_implementation:
         model.set_attn_implementation(settings.attention)  # packed rows: flash-attention's varlen kernel
+    frozen = frozen_parts(settings)
     if method == "full":
-        frozen = {"vision": settings.freeze_vision, "projector": settings.freeze_projector,
-                  "language": settings.freeze_language}
         for part, freeze in frozen.items():
-            found = find_part(model, part)
+            found = family.find_part(model, part)
             if found is not None:
                 found[1].requires_grad_(not freeze)
         head = model.get_output_embeddings()
         if head is not None and head.weight is not model.get_input_embeddings().weight:
-            head.requires_grad_(not settings.freeze_language)
+            head.requires_grad_(not frozen["language"])
+        log.info("full: %s", _counts_line(trainable_parameters(model, family)))
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     lora = settings.lora
-    projector = find_part(model, "projector")
-    modules_to_save = [projector[0].rsplit(".", 1)[-1]] if lora.train_projector and projector else None
+    projector = family.find_part(model, "projector")
+    modules_to_save = [projector[0].rsplit(".", 1)[-1]] if projector and not frozen["projector"] else None
+    targets = lora_target_modules(model, family, language=not frozen["language"],
+                                  vision=lora.vision and not frozen["vision"])
+    if not targets:
+        raise ModelError("no LoRA target: the language model is frozen and lora.vision is off",
+                         fix="unfreeze the language model, set lora.vision (with freeze_vision: false), or use "
+                             "method full")
     config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=lora_target_modules(model, lora.vision), modules_to_save=modules_to_save)
+                        target_modules=targets, modules_to_save=modules_to_save)
     if method == "qlora":
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=settings.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(model, config)
-    trainable, total = model.get_nb_trainable_parameters()
-    log.info("%s: %d trainable of %d parameters (%d LoRA targets%s)", method, trainable, total,
+    log.info("%s: %s (%d LoRA targets%s)", method, _counts_line(trainable_parameters(model, family)),
              len(config.target_modules), ", projector trained" if modules_to_save else "")
     return model
+
+
+def trainable_parameters(model: nn.Module, family: ModelFamily) -> dict[str, int]:
+    """Trainable parameters per part (vision, projector, language; ``other``: outside the three, such as
+    an untied lm_head), LoRA adapters and fully trained copies counted in the part they sit in.
+
+    Under DeepSpeed ZeRO-3 a parameter's full size is its ``ds_numel``."""
+    prefixes = {}
+    for part in PARTS:
+        found = family.find_part(model, part)
+        if found is not None:
+            prefixes[part] = found[0] + "."
+    counts = dict.fromkeys((*PARTS, "other"), 0)
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        # The longest matching prefix: a projector inside the vision tower counts as the projector.
+        part = max((part for part, prefix in prefixes.items() if name.startswith(prefix)),
+                   key=lambda part: len(prefixes[part]), default="other")
+        counts[part] += int(getattr(param, "ds_numel", param.numel()))
+    return counts
+
+
+def _counts_line(counts: dict[str, int]) -> str:
+    return "trainable parameters " + ", ".join(f"{part} {count:,}" for part, count in counts.items())
 
 
 def _gathered(param: nn.Parameter):

@@ -6,12 +6,14 @@ block-diagonal causal mask from the restarting positions for sdpa, eager and fle
 flash-attention's variable-length kernel takes the same positions (a batch of one row), so no token attends
 across a sample boundary. The labels are each sample's own; a sample's first label is -100 (its first token
 is never predicted, alone or packed), so the row's last token of one sample never learns the next sample's
-first. Each sample's tiles (``pixel_values``) follow in the samples' order, which is the order of their image
-tokens in the row. The loss is per token over the row (the Trainer's ``num_items_in_batch``: the answer
+first. Every other per-token tensor of the family (its ``sequence_keys``) is concatenated the same way, and
+every other tensor (``pixel_values``, grid sizes, ...) follows in the samples' order, which is the order of
+their image tokens in the row. The loss is per token over the row (the Trainer's ``num_items_in_batch``: the answer
 tokens of the whole step), so a packed step weighs every token as a padded step of the same samples does.
 
-InternVL's language models take 1-D positions; a family with 3-D (Qwen2-VL-style) positions would build them
-per sample from its own inputs and restart them the same way.
+The positions are the family's (:meth:`vidtune.families.base.ModelFamily.packed_position_ids`): 1-D by
+default; a family with multi-dimensional (Qwen2-VL-style rope) positions builds them per sample from its own
+inputs and restarts them the same way.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Sequence
 
 import torch
 
-from vidtune.modeling import IGNORE_INDEX
+from vidtune.families import ModelFamily
+from vidtune.families.base import IGNORE_INDEX
 
 OPEN_ROWS = 64  # rows still filled at once: a sample goes to the first of them with room (first fit)
 
@@ -49,25 +52,37 @@ def plan_rows(lengths: Sequence[int], max_tokens: int, seed: int) -> list[list[i
     return rows
 
 
-def restarting_positions(lengths: Sequence[int]) -> torch.Tensor:
-    """0..n-1 for each sample, one after the other."""
-    return torch.cat([torch.arange(length) for length in lengths])
-
-
-def collate_packed(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """One packed row (batch of one) of encoded samples: input_ids, labels, position_ids, pixel_values."""
+def collate_packed(samples: Sequence[dict[str, torch.Tensor]], family: ModelFamily,
+                   model_config=None) -> dict[str, torch.Tensor]:
+    """One packed row (batch of one) of encoded samples: their per-token tensors (the family's
+    ``sequence_keys``) one after the other but the attention mask, the family's ``position_ids``, and every
+    other tensor concatenated along dim 0. ``model_config`` is the model's config, for a family whose
+    positions depend on it."""
     labels = []
     for sample in samples:
         own = sample.get("labels", torch.full_like(sample["input_ids"], IGNORE_INDEX)).clone()
         own[0] = IGNORE_INDEX
         labels.append(own)
-    return {"input_ids": torch.cat([sample["input_ids"] for sample in samples])[None],
-            "labels": torch.cat(labels)[None],
-            "position_ids": restarting_positions([len(sample["input_ids"]) for sample in samples])[None],
-            "pixel_values": torch.cat([sample["pixel_values"] for sample in samples])}
+    row = {"labels": torch.cat(labels)[None]}
+    for key in dict.fromkeys(key for sample in samples for key in sample):
+        if key in ("labels", "attention_mask"):
+            continue
+        if key in family.sequence_keys:
+            row[key] = torch.cat([sample.get(key, torch.zeros_like(sample["input_ids"])) for sample in samples])[None]
+        else:
+            row[key] = torch.cat([sample[key] for sample in samples if key in sample])
+    row["position_ids"] = family.packed_position_ids(samples, model_config=model_config)
+    return row
+
+
+def text_positions(position_ids: torch.Tensor) -> torch.Tensor:
+    """A packed row's 1-D positions: the row itself, or the first of a family's multi-dimensional positions
+    (transformers' packed 3-D rope positions lead with the 1-D ones the attention mask is built from)."""
+    return position_ids.reshape(-1, position_ids.shape[-1])[0]
 
 
 def sample_spans(position_ids: torch.Tensor) -> list[tuple[int, int]]:
     """(start, end) of every sample of a packed row, from its restarting positions."""
-    starts = [int(index) for index in torch.nonzero(position_ids.reshape(-1) == 0).flatten()]
-    return list(zip(starts, starts[1:] + [position_ids.numel()]))
+    positions = text_positions(position_ids)
+    starts = [int(index) for index in torch.nonzero(positions == 0).flatten()]
+    return list(zip(starts, starts[1:] + [positions.numel()]))

@@ -46,7 +46,7 @@ class LoraSettings:
     rank: int
     alpha: float
     dropout: float
-    train_projector: bool
+    train_projector: bool | None  # None: as freeze_projector says; false: the same as freeze_projector: true
     vision: bool
 
 
@@ -102,6 +102,7 @@ class TrainingSettings:
             settings = cls(**{**values, "lora": LoraSettings(**lora)})
         except TypeError as error:
             raise ConfigError(f"training settings: {error}", fix="see runs.<run>.training in the schema") from None
+        check_trainable_parts(values, "training")
         if settings.packing and (settings.group_by_length or settings.tokens_per_batch):
             raise ConfigError("packing makes its own micro-batches: group_by_length and tokens_per_batch don't apply",
                               fix="set packing: false, or leave group_by_length and tokens_per_batch out")
@@ -243,3 +244,33 @@ def check_training(training: dict, where: str, config_file: str = "config") -> N
                           fix="set training.gpus to 1 or more, or use optim adamw_torch or adamw_torch_fused")
     if training.get("trainer_args"):
         check_trainer_args(training["trainer_args"], f"{where}.trainer_args", config_file)
+    check_trainable_parts(training, where, config_file)
+
+
+def check_trainable_parts(training: dict, where: str, config_file: str | None = None) -> None:
+    """Reject freeze switches and LoRA settings that contradict each other (vidtune.training.model tells the
+    story): adapters on a frozen vision tower, an unfrozen vision tower LoRA cannot train, a projector both
+    trained and frozen, a LoRA run with no adapter anywhere, a full run with every part frozen."""
+    values = {**schema_defaults("training"), **training}
+    lora = {**schema_defaults("lora"), **(values.get("lora") or {})}
+    method = values["method"]
+    if method == "full":
+        if values["freeze_vision"] and values["freeze_projector"] and values["freeze_language"]:
+            raise ConfigError(f"{where}: method full with freeze_vision, freeze_projector and freeze_language all "
+                              f"true trains nothing", file=config_file, fix="unfreeze at least one part")
+        return
+    if lora["vision"] and values["freeze_vision"]:
+        raise ConfigError(f"{where}: lora.vision: true puts adapters on the vision tower, but freeze_vision is true "
+                          f"(its default) and keeps it frozen", file=config_file,
+                          fix="set freeze_vision: false to train the vision tower through LoRA, or lora.vision: false")
+    if not lora["vision"] and not values["freeze_vision"]:
+        raise ConfigError(f"{where}: freeze_vision: false under method {method}, but LoRA trains the vision tower "
+                          f"only through adapters and lora.vision is false", file=config_file,
+                          fix="set lora.vision: true as well, or leave freeze_vision at true")
+    if lora["train_projector"] is True and values["freeze_projector"]:
+        raise ConfigError(f"{where}: lora.train_projector: true and freeze_projector: true contradict each other",
+                          file=config_file, fix="leave lora.train_projector out: freeze_projector decides")
+    if values["freeze_language"] and not lora["vision"]:
+        raise ConfigError(f"{where}: method {method} with freeze_language: true and lora.vision: false puts no "
+                          f"adapter anywhere", file=config_file,
+                          fix="unfreeze the language model, or use method full to train only the projector")
