@@ -71,7 +71,9 @@ def training_arguments(settings: TrainingSettings, checkpoints_dir: Path, num_ba
         activation_checkpointing=settings.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False}, save_strategy="steps",
         save_steps=settings.save_steps, save_total_limit=settings.save_total_limit,
-        logging_steps=settings.logging_steps, include_num_input_tokens_seen="non_padding",
+        logging_steps=settings.logging_steps,
+        # A packed row has no padding and no attention_mask (the Trainer would warn at every step).
+        include_num_input_tokens_seen="all" if settings.packing else "non_padding",
         remove_unused_columns=False, deepspeed=deepspeed, **dataloader_arguments(workers),
         use_cpu=not torch.cuda.is_available(), **{**logging_defaults, **settings.trainer_args})
 
