@@ -38,19 +38,6 @@ def test_finetuning_helps(demo_run):
     assert metrics["num_test_samples"] == len(test_lines) > 0
 
 
-def test_packed_lora_demo_learns(tmp_path_factory):
-    """The demo with padding-free packing (issue 23): rows of about 4 samples, as many steps as batch_size 4."""
-    config = load_default_config()
-    config["runs"]["demo"]["training"].update({"packing": True, "packing_max_tokens": 448})
-    workflow = Workflow(tmp_path_factory.mktemp("packed") / "work", config)
-    workflow.snakemake("train_all")
-    summary = json.loads(workflow.path("results/runs/demo/train/train_summary.json").read_text())
-    assert summary["batching"] == "packing" and summary["padding_share"] == 0.0
-    assert summary["samples_per_s"] > 0 and 0 <= summary["data_wait_share"] < 1
-    metrics = json.loads(workflow.path("results/runs/demo/metrics.json").read_text())
-    assert metrics["finetuned"]["CIDEr"] >= 2.0, metrics
-
-
 def test_second_dry_run_has_nothing_to_do(demo_run):
     result = demo_run.snakemake("-n", "train_all")
     assert "Nothing to be done" in result.stdout + result.stderr
