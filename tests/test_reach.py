@@ -132,6 +132,11 @@ def changed_config(base: dict, leaf) -> dict:
         for part in path:
             current = current[part]
         set_key(config, path, another_value(leaf, current))
+    training = config["runs"][RUN]["training"]
+    if leaf.name.startswith("runs.<name>.training.") and training["method"] != "full" and (
+            training["lora"]["vision"] or not training["freeze_vision"] or training["freeze_language"]):
+        # What LoRA on the vision tower needs (the parse refuses it half-set): both settings, as a user sets them.
+        training["lora"]["vision"], training["freeze_vision"] = True, False
     return config
 
 
