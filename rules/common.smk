@@ -153,7 +153,8 @@ def model_memory(kind, model_of=lambda wildcards: config["runs"][wildcards.run][
 def train_memory(wildcards, attempt):
     """resources: mem_mb of a train job (per node), from the run's model and training method."""
     size = model_size(config["runs"][wildcards.run]["model"])
-    return job_resources.train_memory_mb(size, config["runs"][wildcards.run]["training"], attempt)
+    return job_resources.train_memory_mb(size, config["runs"][wildcards.run]["training"], attempt,
+                                         threads=run_threads("training")(wildcards))
 
 
 def site_resource(rule, name):

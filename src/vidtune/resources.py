@@ -53,6 +53,10 @@ MEMORY = {
     "merge": MemoryModel(fixed_mb=1500, per_weight_byte=1.0, activation_mb=2750, writes_shards=True),
     "predict": MemoryModel(fixed_mb=1500, per_weight_byte=1.5),
 }
+# A data-loading process (a fork of the training process: Python, torch and its batches in flight): an upper
+# bound, not measured; the small SLURM test cluster's cgroup killed the demo's train job with one worker at
+# the fixed cost alone.
+DATA_WORKER_MB = 1000
 MERGE_SHARD_BYTES = 2 * 2**30  # vidtune.merge saves the merged model in shards of at most this size
 # Full finetuning keeps fp32 master weights, fp32 gradients and Adam's two moments per trained parameter in
 # host memory when it trains on the CPU or offloads the optimizer (DeepSpeed): 16 bytes a parameter.
@@ -86,12 +90,17 @@ def streaming_memory_mb(largest_file_bytes: int, attempt: int = 1) -> int:
     return _request(STREAM_FIXED_MB + STREAM_COPIES * largest_file_bytes / MB, attempt)
 
 
-def train_memory_mb(size: ModelSize, training: dict, attempt: int = 1) -> int:
+def train_memory_mb(size: ModelSize, training: dict, attempt: int = 1, threads: int = 1) -> int:
     """The train job's request (per node): optimizer state in host memory for a full finetune on the CPU or
-    with DeepSpeed's offload; LoRA and QLoRA train a few parameters whose state the fixed cost covers."""
+    with DeepSpeed's offload (LoRA and QLoRA train a few parameters whose state the fixed cost covers), and
+    the data-loading processes of its training processes (``threads``: the job's)."""
+    from vidtune.training.loading import data_workers
+
     host_optimizer = training["method"] == "full" and (training["gpus"] == 0 or training["offload"])
     extra = OPTIMIZER_BYTES_PER_PARAMETER * size.weight_bytes // size.dtype_bytes if host_optimizer else 0
-    return memory_mb("train", size, attempt, extra)
+    processes = max(1, training["gpus"])
+    workers = processes * data_workers(training.get("data_workers", "auto"), threads, processes)
+    return memory_mb("train", size, attempt, extra + workers * DATA_WORKER_MB * MB)
 
 
 def _request(need_mb: float, attempt: int) -> int:
