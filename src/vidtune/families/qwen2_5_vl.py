@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from transformers import (GenerationConfig, PreTrainedTokenizerFast, Qwen2_5_VLConfig,
+from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLConfig,
                           Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLImageProcessor)
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
 from transformers.models.qwen2_vl import image_processing_qwen2_vl, video_processing_qwen2_vl
@@ -175,17 +175,6 @@ def fewer_layers(indexes: Sequence[int], depth: int) -> list[int]:
     layer where none does (so a shortened tower keeps one of them)."""
     kept = [index for index in indexes if index < depth]
     return kept or [depth - 1]
-
-
-def save_model_folder(out_dir: Path, model, tokenizer, processor) -> None:
-    """A checkpoint folder as a released one: weights (safetensors), greedy generation defaults, processor."""
-    from vidtune.atomic import atomic_dir
-
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False)
-    with atomic_dir(out_dir) as temp:
-        model.save_pretrained(temp, safe_serialization=True)
-        processor.save_pretrained(temp)
 
 
 def random_model(model_class, config, seed: int, dtype: torch.dtype = torch.float32, device: str = "cpu"):
@@ -348,7 +337,7 @@ class Qwen2_5_VLFamily(ModelFamily):
         """A tiny random Qwen2.5-VL (``settings``: the schema's tiny_model): frames and images up to
         ``image_size`` squared pixels, the tiny tokenizer with Qwen's special tokens, the released template."""
         from vidtune.config import schema_defaults
-        from vidtune.tiny_model import FINAL_NORM_SCALE
+        from vidtune.tiny_model import FINAL_NORM_SCALE, save_model_folder
 
         settings = {**schema_defaults("tiny_model"), **settings}
         tokenizer = qwen_tokenizer(self.chat_template)
@@ -377,6 +366,7 @@ class Qwen2_5_VLFamily(ModelFamily):
         """A random-weight checkpoint of a published architecture (``settings``: the schema's architecture)
         with the released processor settings and chat template, in the released dtype (bf16) by default."""
         from vidtune.config import schema_defaults
+        from vidtune.tiny_model import save_model_folder
 
         settings = {**schema_defaults("architecture"), **settings}
         if settings["name"] not in self.published:
