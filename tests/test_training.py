@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -253,6 +254,24 @@ def test_resume_after_sigkill_and_checkpoint_on_sigterm(tiny, meta, tmp_path):
     steps = [entry["step"] for entry in json.loads((tmp_path / "loss.json").read_text())]
     assert steps == list(range(1, 25))
     assert (tmp_path / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_resume_from_a_checkpoint_of_the_last_step_trains_nothing_more(tiny, meta, tmp_path):
+    """A job killed after its last checkpoint, before final/: the rerun finishes from that checkpoint. Here
+    max_steps (3) ends inside an epoch (4 steps), where the Trainer would otherwise train a step 4."""
+    settings = {**FAST, "batch_size": 2, "max_steps": 3, "save_steps": 3}
+    first = train(meta, tiny, tmp_path, settings)
+    assert first["steps"] == 3 and (tmp_path / "checkpoints" / "checkpoint-3" / COMPLETE_MARKER).is_file()
+    adapter = (tmp_path / "final" / "adapter_model.safetensors").read_bytes()
+    for output in ("final", "train_summary.json", "loss.json"):  # what the killed job had not written yet
+        path = tmp_path / output
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    again = train(meta, tiny, tmp_path, settings)
+    assert again["resumed_from"]["step"] == 3
+    assert again["steps"] == 3 and again["steps_this_run"] == 0
+    assert [entry["step"] for entry in json.loads((tmp_path / "loss.json").read_text())] == [1, 2, 3]
+    assert (tmp_path / "final" / "adapter_model.safetensors").read_bytes() == adapter
 
 
 def test_repeat_time_follows_internvl():

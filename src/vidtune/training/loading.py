@@ -81,7 +81,8 @@ class BatchStats(TrainerCallback):
 
 class MeasuredTrainer(Trainer):
     """The Trainer, timing each wait for a micro-batch from the data loader (``batch_stats``, which must also
-    be one of its callbacks, before any that prints the logs)."""
+    be one of its callbacks, before any that prints the logs), and training no step past max_steps on a
+    resume."""
 
     def __init__(self, *args, batch_stats: BatchStats, **kwargs):
         super().__init__(*args, **kwargs)
@@ -89,6 +90,15 @@ class MeasuredTrainer(Trainer):
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         return super().get_batch_samples(_Timed(epoch_iterator, self.batch_stats), num_batches, device)
+
+    def _run_epoch(self, *args, **kwargs):
+        # A resume from a checkpoint of the last step (a job killed after it, before final/) must train nothing
+        # more; the Trainer checks max_steps only after a step, so where max_steps ends inside an epoch it
+        # would train one step past it.
+        if self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
 
 class _Timed:
