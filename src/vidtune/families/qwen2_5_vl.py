@@ -200,8 +200,11 @@ class Qwen2_5_VLFamily(ModelFamily):
     model_class = Qwen2_5_VLForConditionalGeneration
     base_model_class = Qwen2_5_VLModel
     processor_class = Qwen2_5_VLProcessor
+    config_class = Qwen2_5_VLConfig
     chat_template = QWEN2_5_VL_CHAT_TEMPLATE
     published = {"qwen2.5-vl-3b": QWEN2_5_VL_3B}
+    # The vision config's list of layer indexes with a role (full attention here), cut with the layers.
+    vision_layer_indexes = "fullatt_block_indexes"
 
     # --- Processor and prompt -----------------------------------------------------------------------------
     def processor_inputs(self, processor, media: Media, text: str) -> dict:
@@ -355,12 +358,13 @@ class Qwen2_5_VLFamily(ModelFamily):
         text.update(eos_token_id=vocabulary.eos_token_id, pad_token_id=vocabulary.pad_token_id, bos_token_id=None)
         if settings.get("vision_layers"):
             vision["depth"] = settings["vision_layers"]
-            vision["fullatt_block_indexes"] = fewer_layers(vision["fullatt_block_indexes"], vision["depth"])
+            indexes = self.vision_layer_indexes
+            vision[indexes] = fewer_layers(vision[indexes], vision["depth"])
         if settings.get("text_layers"):
             text["num_hidden_layers"] = settings["text_layers"]
         text["vocab_size"] = max(vocabulary.size, settings.get("vocab_size") or text["vocab_size"])
-        return Qwen2_5_VLConfig(vision_config=vision, text_config=text,
-                                tie_word_embeddings=text["tie_word_embeddings"], **vocabulary.vision_ids)
+        return self.config_class(vision_config=vision, text_config=text,
+                                 tie_word_embeddings=text["tie_word_embeddings"], **vocabulary.vision_ids)
 
     def build_architecture(self, out_dir: Path, settings: dict, device: str = "cpu") -> None:
         """A random-weight checkpoint of a published architecture (``settings``: the schema's architecture)

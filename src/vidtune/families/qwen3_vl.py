@@ -22,7 +22,7 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
 from vidtune.families.base import MediaShape
-from vidtune.families.qwen2_5_vl import Qwen2_5_VLFamily, Vocabulary, fewer_layers
+from vidtune.families.qwen2_5_vl import Qwen2_5_VLFamily, Vocabulary
 
 IMAGE_STANDARD = [0.5, 0.5, 0.5]
 # The released Qwen3-VL chat template's rendering of plain user and assistant turns (its tool-call and
@@ -68,8 +68,10 @@ class Qwen3VLFamily(Qwen2_5_VLFamily):
     model_class = Qwen3VLForConditionalGeneration
     base_model_class = Qwen3VLModel
     processor_class = Qwen3VLProcessor
+    config_class = Qwen3VLConfig
     chat_template = QWEN3_VL_CHAT_TEMPLATE
     published = {"qwen3-vl-2b": QWEN3_VL_2B}
+    vision_layer_indexes = "deepstack_visual_indexes"  # the layers whose features reach the language model
 
     def video_frame_count(self, count: int) -> int:
         return max(count, 2)  # the video processor's least (its temporal patch)
@@ -135,19 +137,6 @@ class Qwen3VLFamily(Qwen2_5_VLFamily):
                                                         "longest_edge": p["video_max_pixels"]},
                                                   do_sample_frames=False, cap_pixels_per_frame=True, **common),
             tokenizer=tokenizer, chat_template=self.chat_template)
-
-    def architecture_config(self, settings: dict, vocabulary: Vocabulary):
-        published = self.published[settings["name"]]
-        vision, text = dict(published["vision"]), dict(published["text"])
-        text.update(eos_token_id=vocabulary.eos_token_id, pad_token_id=vocabulary.pad_token_id, bos_token_id=None)
-        if settings.get("vision_layers"):
-            vision["depth"] = settings["vision_layers"]
-            vision["deepstack_visual_indexes"] = fewer_layers(vision["deepstack_visual_indexes"], vision["depth"])
-        if settings.get("text_layers"):
-            text["num_hidden_layers"] = settings["text_layers"]
-        text["vocab_size"] = max(vocabulary.size, settings.get("vocab_size") or text["vocab_size"])
-        return Qwen3VLConfig(vision_config=vision, text_config=text, tie_word_embeddings=text["tie_word_embeddings"],
-                             **vocabulary.vision_ids)
 
 
 FAMILY = Qwen3VLFamily()
