@@ -29,7 +29,7 @@ demo: setup
 test: SYSTEM_FLAGS = --slurm
 test: setup
 	$(BIN)/snakemake --lint
-	$(BIN)/python -m pytest -ra --durations=30 tests
+	$(BIN)/python -m pytest -ra --durations=30 -n 2 --dist loadscope --no-loadscope-reorder tests
 
 lint: setup
 	$(BIN)/snakemake --lint

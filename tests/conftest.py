@@ -133,3 +133,40 @@ def quick_run(tmp_path_factory) -> Workflow:
     workflow = Workflow(tmp_path_factory.mktemp("quick") / "work", quick_config())
     workflow.snakemake("train_all")
     return workflow
+
+
+# `make test` runs the suite on two workers (pytest-xdist: `-n 2 --dist loadscope`, scheduled by the hook below).
+# Each test module is one unit of work, so its module-scoped workflow run is set up once; the SLURM modules are
+# one unit, so one worker holds the test clusters (the two-node cluster's subnet is fixed). Units start longest
+# first (measured on a 2-core machine), so that no long one starts last while the other worker idles. (pytest-xdist's own
+# `loadgroup` does not group under pytest 9, whose node ids it can no longer suffix.)
+SLURM_MODULES = frozenset({"test_multinode.py", "test_slurm.py", "test_slurm_small.py"})
+LONGEST_FIRST = ("slurm", "test_reach.py", "test_real_shape.py", "test_faults.py", "test_deepspeed.py",
+                 "test_formats_end_to_end.py", "test_families_example.py", "test_incremental.py", "test_sweep.py",
+                 "test_demo.py", "test_internvl_checkpoint.py", "test_prediction_shards.py")
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit of work a test belongs to: its module's file name, or "slurm" for the SLURM modules."""
+    module = Path(nodeid.split("::", 1)[0]).name
+    return "slurm" if module in SLURM_MODULES else module
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items: list[pytest.Item]) -> None:
+    strays = sorted({item.path.name for item in items if item.get_closest_marker("slurm")} - SLURM_MODULES)
+    if strays:
+        raise pytest.UsageError(f"{', '.join(strays)}: SLURM tests; add the module to SLURM_MODULES in "
+                                "tests/conftest.py, so that one worker runs every SLURM test")
+    rank = {unit: index for index, unit in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(work_unit(item.nodeid), len(rank)))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ByWorkUnit(config, log)
