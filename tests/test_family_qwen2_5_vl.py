@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from family_media import clip, image, silent_log
 from vidtune.atomic import read_jsonl
 from vidtune.config import schema_defaults
 from vidtune.families import Media, family_for_folder
@@ -21,7 +22,7 @@ from vidtune.families.qwen2_5_vl import FAMILY
 from vidtune.merge import merge
 from vidtune.modeling import collate, load_model
 from vidtune.predict import Predictor
-from vidtune.tiny_model import build_model, synthetic_frames, write_synthetic_dataset
+from vidtune.tiny_model import build_model, write_synthetic_dataset
 from vidtune.train import train
 from vidtune.training.batching import training_collator
 from vidtune.training.model import lora_target_modules, prepare_model, trainable_parameters
@@ -44,15 +45,6 @@ def tiny_qwen(tmp_path_factory):
 @pytest.fixture(scope="module")
 def processor(tiny_qwen):
     return FAMILY.load_processor(tiny_qwen)
-
-
-def clip(count=4, size=(32, 32), times=None):
-    frames = [frame.resize(size) for frame in synthetic_frames("red", "circle", "left", count, 32)]
-    return Media(frames, "video", times if times is not None else tuple(0.5 * index for index in range(count)))
-
-
-def image(size=(32, 32)):
-    return Media([synthetic_frames("blue", "square", "up", 1, 32)[0].resize(size)], "image")
 
 
 def test_the_folder_is_a_qwen2_5_vl_checkpoint(tiny_qwen, processor):
@@ -125,17 +117,10 @@ def _inner_model_inputs(model) -> list[dict]:
     return calls
 
 
-def _silent():
-    log = logging.getLogger("test_family_qwen2_5_vl")
-    log.addHandler(logging.NullHandler())
-    log.propagate = False
-    return log
-
-
 def test_processor_tensors_reach_the_model_in_training_and_generate(tiny_qwen, processor):
     samples = [FAMILY.encode(processor, clip(4), "Describe the video.", "a red circle moves left"),
                FAMILY.encode(processor, image(), "Describe the image.", "a blue square")]
-    model = prepare_model(tiny_qwen, TrainingSettings.from_config({"method": "lora", "bf16": "false"}), _silent(),
+    model = prepare_model(tiny_qwen, TrainingSettings.from_config({"method": "lora", "bf16": "false"}), silent_log("test_family_qwen2_5_vl"),
                           FAMILY)
     calls = _inner_model_inputs(model)
     for packed in (False, True):
@@ -190,7 +175,7 @@ def _recorded(owner, method: str) -> list:
 
 def test_a_packed_row_equals_its_samples_alone(tiny_qwen, processor):
     settings = TrainingSettings.from_config({"method": "full", "bf16": "false"})
-    model = prepare_model(tiny_qwen, settings, _silent(), FAMILY).eval()
+    model = prepare_model(tiny_qwen, settings, silent_log("test_family_qwen2_5_vl"), FAMILY).eval()
     samples = [FAMILY.encode(processor, clip(4), "Describe the video.", "a red circle moves left"),
                FAMILY.encode(processor, image((40, 24)), "Describe the image.", "a blue square"),
                FAMILY.encode(processor, clip(3, times=(0.0, 0.4, 1.5)), "Describe the video.", "it moves")]
@@ -219,7 +204,7 @@ def test_lora_targets_parts_and_qlora_skips(tiny_qwen):
     assert vision and all(name.startswith("model.visual.") and ".merger." not in name for name in vision)
     assert FAMILY.find_part(model, "projector")[0] == "model.visual.merger"
     settings = TrainingSettings.from_config({"method": "full", "bf16": "false", "freeze_vision": True})
-    counts = trainable_parameters(prepare_model(tiny_qwen, settings, _silent(), FAMILY), FAMILY)
+    counts = trainable_parameters(prepare_model(tiny_qwen, settings, silent_log("test_family_qwen2_5_vl"), FAMILY), FAMILY)
     merger = sum(p.numel() for p in model.model.visual.merger.parameters())
     assert counts["vision"] == 0 and counts["projector"] == merger and counts["language"] > 0
     quantised = load_model(tiny_qwen, quantization="nf4")

@@ -6,7 +6,6 @@ Qwen3-VL-2B width."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 
@@ -16,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from family_media import clip, image, silent_log
 from vidtune.atomic import read_jsonl
 from vidtune.config import schema_defaults
 from vidtune.families import Media, family_for_folder
@@ -23,7 +23,7 @@ from vidtune.families.qwen3_vl import FAMILY
 from vidtune.merge import merge
 from vidtune.modeling import collate, load_model
 from vidtune.predict import Predictor
-from vidtune.tiny_model import build_model, synthetic_frames, write_synthetic_dataset
+from vidtune.tiny_model import build_model, write_synthetic_dataset
 from vidtune.train import train
 from vidtune.training.batching import training_collator
 from vidtune.training.model import prepare_model, trainable_parameters
@@ -45,22 +45,6 @@ def tiny_qwen3(tmp_path_factory):
 @pytest.fixture(scope="module")
 def processor(tiny_qwen3):
     return FAMILY.load_processor(tiny_qwen3)
-
-
-def clip(count=4, size=(32, 32), times=None):
-    frames = [frame.resize(size) for frame in synthetic_frames("red", "circle", "left", count, 32)]
-    return Media(frames, "video", times if times is not None else tuple(0.5 * index for index in range(count)))
-
-
-def image(size=(32, 32)):
-    return Media([synthetic_frames("blue", "square", "up", 1, 32)[0].resize(size)], "image")
-
-
-def _silent():
-    log = logging.getLogger("test_family_qwen3_vl")
-    log.addHandler(logging.NullHandler())
-    log.propagate = False
-    return log
 
 
 def test_the_folder_is_a_qwen3_vl_checkpoint(tiny_qwen3, processor):
@@ -119,7 +103,7 @@ def _recorded(owner, method: str) -> list:
 def test_processor_tensors_reach_the_model_in_training_and_generate(tiny_qwen3, processor):
     samples = [FAMILY.encode(processor, clip(4), "Describe the video.", "a red circle moves left"),
                FAMILY.encode(processor, image(), "Describe the image.", "a blue square")]
-    model = prepare_model(tiny_qwen3, TrainingSettings.from_config({"method": "lora", "bf16": "false"}), _silent(),
+    model = prepare_model(tiny_qwen3, TrainingSettings.from_config({"method": "lora", "bf16": "false"}), silent_log("test_family_qwen3_vl"),
                           FAMILY)
     inner = next(module for module in model.modules() if type(module).__name__ == "Qwen3VLModel")
     rope_inputs = _recorded(inner, "get_rope_index")
@@ -141,7 +125,7 @@ def test_processor_tensors_reach_the_model_in_training_and_generate(tiny_qwen3, 
 
 
 def test_a_packed_row_equals_its_samples_alone(tiny_qwen3, processor):
-    model = prepare_model(tiny_qwen3, TrainingSettings.from_config({"method": "full", "bf16": "false"}), _silent(),
+    model = prepare_model(tiny_qwen3, TrainingSettings.from_config({"method": "full", "bf16": "false"}), silent_log("test_family_qwen3_vl"),
                           FAMILY).eval()
     samples = [FAMILY.encode(processor, clip(4), "Describe the video.", "a red circle moves left"),
                FAMILY.encode(processor, image((40, 24)), "Describe the image.", "a blue square"),
