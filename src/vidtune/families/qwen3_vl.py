@@ -63,7 +63,6 @@ QWEN3_VL_2B = {
 class Qwen3VLFamily(Qwen2_5_VLFamily):
     name = "qwen3_vl"
     model_types = ("qwen3_vl",)
-    qlora_skip_modules = ("model.visual", "lm_head")
     architectures = ("qwen3-vl-2b",)
     model_class = Qwen3VLForConditionalGeneration
     base_model_class = Qwen3VLModel
