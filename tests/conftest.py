@@ -162,6 +162,7 @@ def pytest_collection_modifyitems(config, items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(work_unit(item.nodeid), len(rank)))
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: without it (-p no:xdist) unused
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
