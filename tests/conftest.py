@@ -135,11 +135,11 @@ def quick_run(tmp_path_factory) -> Workflow:
     return workflow
 
 
-# `make test` runs the suite on two workers (pytest-xdist: `-n 2 --dist loadscope`, scheduled by the hook below).
-# Each test module is one unit of work, so its module-scoped workflow run is set up once; the SLURM modules are
-# one unit, so one worker holds the test clusters (the two-node cluster's subnet is fixed). Units start longest
-# first (measured on a 2-core machine), so that no long one starts last while the other worker idles. (pytest-xdist's own
-# `loadgroup` does not group under pytest 9, whose node ids it can no longer suffix.)
+# `make test` runs the suite on two workers (pytest-xdist: `-n 2 --dist loadscope`, scheduled by the hook
+# below). Each test module is one unit of work, so its module-scoped workflow run is set up once; the SLURM
+# modules are one unit, so one worker holds the test clusters (the two-node cluster's subnet is fixed). Units
+# start longest first (measured on a 2-core machine), so that no long one starts last while the other worker
+# idles. (pytest-xdist's own `loadgroup` does not group under pytest 9, whose node ids it can no longer suffix.)
 SLURM_MODULES = frozenset({"test_multinode.py", "test_slurm.py", "test_slurm_small.py"})
 LONGEST_FIRST = ("slurm", "test_reach.py", "test_real_shape.py", "test_faults.py", "test_deepspeed.py",
                  "test_formats_end_to_end.py", "test_families_example.py", "test_incremental.py", "test_sweep.py",
@@ -152,7 +152,6 @@ def work_unit(nodeid: str) -> str:
     return "slurm" if module in SLURM_MODULES else module
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items: list[pytest.Item]) -> None:
     strays = sorted({item.path.name for item in items if item.get_closest_marker("slurm")} - SLURM_MODULES)
     if strays:
